@@ -1,0 +1,29 @@
+# make run | make test | make install | make bench  (see README.md)
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install run test bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(STAMP): $(BIN)/python pyproject.toml
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: $(STAMP)
+	exec $(BIN)/goalstream up
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -ra
+
+bench: $(STAMP)
+	$(BIN)/python tests/bench/run_bench.py
+
+clean:
+	rm -rf $(VENV) var

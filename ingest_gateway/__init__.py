@@ -1,0 +1,1 @@
+"""The ingest gateway: vendor HTTP dialects in, canonical Avro records onto Kafka out."""

@@ -1,0 +1,160 @@
+"""The gateway's aiohttp application: dialect routes, error rendering, health, admin SQL.
+
+``create_app`` builds one app from the settings and config. Requests flow to the dialect
+that owns their path; anything it raises (and aiohttp's own 404/405/413) is rendered by
+that dialect in its vendor's error shape, so a caller never sees another vendor's
+errors. The Kafka producer lives in the app's ``cleanup_ctx``: started before the first
+request, flushed and stopped after the last. The warehouse is opened here too unless the
+caller (the embedded stack, which shares one chDB handle) passes its own.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from typing import AsyncIterator, Iterable
+
+from aiohttp import web
+
+from schemas.config import Credentials, GoalstreamConfig
+from schemas.kafka import RecordProducer
+from schemas.settings import GatewaySettings
+from schemas.warehouse import Warehouse, WarehouseError
+
+from . import errors, sqlguard
+from .dialects import DIALECTS, Dialect, Services
+from .dialects.base import json_response, read_body
+from .health import Health
+
+log = logging.getLogger("goalstream.gateway")
+SERVICES = web.AppKey("services", Services)
+HEALTH = web.AppKey("health", Health)
+
+
+def _error_for(exc: web.HTTPException) -> errors.GatewayError:
+    if isinstance(exc, web.HTTPMethodNotAllowed):
+        allowed = ", ".join(sorted(exc.allowed_methods))
+        return errors.MethodNotAllowed(f"{exc.method} is not allowed here; allowed: {allowed}")
+    if isinstance(exc, web.HTTPRequestEntityTooLarge):
+        return errors.PayloadTooLarge("the request body is too large")
+    if isinstance(exc, web.HTTPNotFound):
+        return errors.NotFound("no such endpoint")
+    if exc.status == 400:
+        return errors.InvalidRequest(exc.reason or "bad request")
+    return errors.Internal(exc.reason or "internal error")
+
+
+def _error_middleware(dialects: list[Dialect]):
+    fallback = dialects[0]
+
+    @web.middleware
+    async def middleware(request: web.Request, handler):
+        owner = next((d for d in dialects if d.owns(request.path)), fallback)
+        try:
+            return await handler(request)
+        except errors.GatewayError as exc:
+            if exc.status >= 500:
+                log.warning("%s %s -> %s: %s", request.method, request.path, exc.status, exc.message)
+            return owner.render_error(exc, request)
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            return owner.render_error(_error_for(exc), request)
+        except Exception:
+            log.exception("unhandled error on %s %s", request.method, request.path)
+            return owner.render_error(errors.Internal("internal error; the request was not stored"), request)
+
+    return middleware
+
+
+async def healthz(request: web.Request) -> web.Response:
+    health = request.app[HEALTH]
+    return json_response(health.report(), status=200 if health.ok else 503)
+
+
+
+
+async def admin_sql(request: web.Request) -> web.Response:
+    """Run one read-only query; body is the SQL, ``?format=`` the ClickHouse output format."""
+    services = request.app[SERVICES]
+    local_token: str | None = request.app.get(LOCAL_TOKEN)
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    token = token.strip()
+    ok = scheme.lower() in ("bearer", "token") and bool(token) and (
+        (local_token is not None and hmac.compare_digest(token.encode(), local_token.encode()))
+        or services.credentials.match("admin_token", token) is not None
+    )
+    if not ok:
+        return json_response({"error": {"type": "api_authentication_error", "message": "an admin token is required"}}, 401)
+    fmt = request.query.get("format", "PrettyCompact")
+    if not sqlguard.FORMATS.match(fmt):
+        return json_response({"error": {"type": "api_invalid_request_error", "message": "bad format name"}}, 400)
+    sql = (await read_body(request)).decode(errors="replace")
+    try:
+        statement = sqlguard.check(sql)
+    except sqlguard.NotReadOnly as exc:
+        return json_response({"error": {"type": "api_invalid_request_error", "message": str(exc)}}, 400)
+    if services.warehouse is None:
+        return json_response({"error": {"type": "api_error", "message": "no warehouse on this gateway"}}, 503)
+    try:
+        body = await services.warehouse.raw(statement, fmt)
+    except WarehouseError as exc:
+        return json_response({"error": {"type": "api_invalid_request_error", "message": str(exc)}}, 400)
+    return web.Response(body=body, content_type="text/plain")
+
+
+LOCAL_TOKEN = web.AppKey("local_token", str)
+
+
+def create_app(
+    settings: GatewaySettings,
+    config: GoalstreamConfig,
+    *,
+    warehouse: Warehouse | None = None,
+    health: Health | None = None,
+    local_token: str | None = None,
+    producer: RecordProducer | None = None,
+) -> web.Application:
+    """Build the gateway. ``warehouse``: a shared, already open one (else opened here)."""
+    producer = producer or RecordProducer(
+        settings.kafka_bootstrap, idempotence=settings.kafka_idempotence, timeout_s=settings.produce_timeout_s
+    )
+    services = Services(config=config, credentials=Credentials(config), producer=producer, warehouse=warehouse)
+    dialects = [d(services) for d in DIALECTS]
+    app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[_error_middleware(dialects)])
+    app[SERVICES] = services
+    app[HEALTH] = health or Health()
+    if local_token:
+        app[LOCAL_TOKEN] = local_token
+    for d in dialects:
+        app.router.add_routes(d.routes())
+    app.router.add_get("/healthz", healthz, allow_head=True)
+    app.router.add_post("/admin/v1/sql", admin_sql)
+
+    async def producer_ctx(app: web.Application) -> AsyncIterator[None]:
+        await producer.start()
+        app[HEALTH].set("gateway", "up")
+        yield
+        services.draining = True
+        await producer.stop()  # flushes anything still buffered
+        app[HEALTH].set("gateway", "stopped")
+
+    app.cleanup_ctx.append(producer_ctx)
+    if warehouse is None:
+        own = Warehouse(settings.clickhouse_dsn)
+
+        async def warehouse_ctx(app: web.Application) -> AsyncIterator[None]:
+            try:
+                await own.open()
+                services.warehouse = own
+                app[HEALTH].set("clickhouse", "up")
+            except WarehouseError as exc:
+                # The write path does not need ClickHouse; reads answer 503 until it is back.
+                log.error("ClickHouse unavailable at start (%s); GET endpoints will answer 503", exc)
+                app[HEALTH].set("clickhouse", "down")
+            yield
+            if own.is_open:
+                await own.close()
+
+        app.cleanup_ctx.append(warehouse_ctx)
+    return app

@@ -1,0 +1,226 @@
+"""The ``goalstream`` command: ``up``, ``gateway``, ``worker``, ``sql``.
+
+Each subcommand builds its service's settings object once (options override the
+environment variables named in INTERFACE.md), loads and validates the config file, and
+hands both down. Errors in either are printed as one clear message and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from schemas.config import ConfigError, GoalstreamConfig, load_config
+from schemas.settings import CommonSettings, GatewaySettings, StackSettings, WorkerSettings
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", type=Path, help="config file (TOML); default goalstream.toml here, else dev defaults")
+    p.add_argument("--data-dir", type=Path, dest="data_dir", help="where embedded data lives (default ./var)")
+    p.add_argument("--kafka", help="bootstrap servers HOST:PORT[,..] (default: the embedded broker)")
+    p.add_argument("--kafka-port", type=int, dest="kafka_port", help="the embedded broker's port (default 9092)")
+    p.add_argument("--clickhouse", help="ClickHouse DSN (default chdb://<data-dir>/clickhouse)")
+    p.add_argument("--log-level", dest="log_level")
+
+
+def _http(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--host")
+    p.add_argument("--port", type=int)
+    p.add_argument("--tls-cert", type=Path, dest="tls_cert")
+    p.add_argument("--tls-key", type=Path, dest="tls_key")
+    p.add_argument("--tls-port", type=int, dest="tls_port")
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(prog="goalstream", description="Self-hosted customer-event pipeline.")
+    sub = root.add_subparsers(dest="command", required=True)
+    up = sub.add_parser("up", help="run the whole embedded stack in the foreground")
+    _common(up)
+    _http(up)
+    up.add_argument("--broker-max-rss-mb", type=int, dest="broker_max_rss_mb", help="recycle the embedded broker above this RSS")
+    gw = sub.add_parser("gateway", help="run the HTTP gateway alone (scaled out)")
+    _common(gw)
+    _http(gw)
+    wk = sub.add_parser("worker", help="run the stream processors alone (scaled out)")
+    _common(wk)
+    sql = sub.add_parser("sql", help="run a read-only query against ClickHouse")
+    _common(sql)
+    sql.add_argument("query")
+    sql.add_argument("--format", default="PrettyCompact", help="ClickHouse output format (JSONEachRow, CSV, Pretty, ...)")
+    return root
+
+
+def _settings(cls: type[CommonSettings], args: argparse.Namespace) -> Any:
+    given = {k: v for k, v in vars(args).items() if v is not None and k in cls.model_fields}
+    return cls(**given)
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("faust", "mode", "aiokafka", "aiohttp.access"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
+
+
+def _stop_event() -> asyncio.Event:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
+async def _up(settings: StackSettings, config: GoalstreamConfig) -> int:
+    from .stack import run
+
+    return await run(settings, config, _stop_event())
+
+
+async def _gateway(settings: GatewaySettings, config: GoalstreamConfig) -> int:
+    from aiohttp import web
+
+    from schemas.kafka import ensure_topics
+
+    from .app import SERVICES, create_app
+    from .stack import tls_context
+
+    await ensure_topics(settings.kafka_bootstrap, settings.topic_partitions, settings.topic_replication)
+    app = create_app(settings, config)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, settings.host, settings.port)
+    await site.start()
+    urls = [f"http://{settings.host}:{site._server.sockets[0].getsockname()[1]}"]
+    if settings.tls:
+        tls = web.TCPSite(runner, settings.host, settings.tls_port, ssl_context=tls_context(settings.tls_cert, settings.tls_key))
+        await tls.start()
+        urls.append(f"https://{settings.host}:{tls._server.sockets[0].getsockname()[1]}")
+    print("goalstream gateway ready " + " ".join(urls), flush=True)
+    await _stop_event().wait()
+    app[SERVICES].draining = True
+    await runner.cleanup()
+    return 0
+
+
+async def _worker(settings: WorkerSettings) -> int:
+    from schemas.kafka import ensure_topics
+    from schemas.warehouse import Warehouse
+    from stream_processors.app import Processors
+
+    await ensure_topics(settings.kafka_bootstrap, settings.topic_partitions, settings.topic_replication)
+    warehouse = await Warehouse(settings.clickhouse_dsn).open()
+    await warehouse.migrate()
+    processors = Processors(settings, warehouse)
+    await processors.start()
+    print("goalstream worker ready", flush=True)
+    try:
+        await _stop_event().wait()
+    finally:
+        await processors.stop()
+        await warehouse.close()
+    return 0
+
+
+def _sql(settings: CommonSettings, query: str, fmt: str) -> int:
+    from . import sqlguard
+    from .stack import run_file
+
+    try:
+        statement = sqlguard.check(query)
+    except sqlguard.NotReadOnly as exc:
+        print(f"goalstream sql: {exc}", file=sys.stderr)
+        return 2
+    if not sqlguard.FORMATS.match(fmt):
+        print(f"goalstream sql: bad format {fmt!r}", file=sys.stderr)
+        return 2
+    running = run_file(settings.data_dir)
+    if running.is_file():
+        info = json.loads(running.read_text())
+        if _alive(info.get("pid")):
+            # The running stack holds the embedded ClickHouse: ask it.
+            req = urllib.request.Request(
+                f"{info['url']}/admin/v1/sql?format={fmt}",
+                data=statement.encode(),
+                headers={"Authorization": f"Bearer {info['token']}"},
+                method="POST",
+            )
+            try:
+                with urllib.request.urlopen(req, timeout=300) as resp:
+                    sys.stdout.buffer.write(resp.read())
+                return 0
+            except urllib.error.HTTPError as exc:
+                body = exc.read().decode(errors="replace")
+                try:
+                    body = json.loads(body)["error"]["message"]
+                except (ValueError, KeyError, TypeError):
+                    pass
+                print(f"goalstream sql: {body}", file=sys.stderr)
+                return 1
+            except urllib.error.URLError as exc:
+                print(f"goalstream sql: the running stack did not answer: {exc.reason}", file=sys.stderr)
+                return 1
+    import clickhouse_connect
+
+    from schemas.warehouse import embedded_path, normalize_dsn
+
+    dsn = normalize_dsn(settings.clickhouse_dsn)
+    if (path := embedded_path(dsn)) is not None and not path.exists():
+        print(f"goalstream sql: no data at {dsn}; start the stack first (goalstream up)", file=sys.stderr)
+        return 1
+    try:
+        client = clickhouse_connect.get_client(dsn=dsn)
+        # A server enforces read-only itself; chDB's setting would stick to the session.
+        extra = {} if dsn.startswith("chdb") else {"readonly": 1}
+        sys.stdout.buffer.write(client.raw_query(statement, fmt=fmt, settings=extra))
+        client.close()
+    except Exception as exc:
+        print(f"goalstream sql: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _alive(pid: Any) -> bool:
+    try:
+        os.kill(int(pid), 0)
+        return True
+    except (OSError, TypeError, ValueError):
+        return False
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    cls = {"up": StackSettings, "gateway": GatewaySettings, "worker": WorkerSettings, "sql": CommonSettings}[args.command]
+    try:
+        settings = _settings(cls, args)
+        config = load_config(settings.config_path())
+    except ValidationError as exc:
+        lines = [f"  --{'-'.join(str(p) for p in e['loc']).replace('_', '-')}: {e['msg']}" for e in exc.errors()]
+        print("goalstream: invalid settings:\n" + "\n".join(lines), file=sys.stderr)
+        return 2
+    except ConfigError as exc:
+        print(f"goalstream: {exc}", file=sys.stderr)
+        return 2
+    _setup_logging(settings.log_level)
+    if args.command == "sql":
+        return _sql(settings, args.query, args.format)
+    runner = {"up": lambda: _up(settings, config), "gateway": lambda: _gateway(settings, config), "worker": lambda: _worker(settings)}
+    try:
+        return asyncio.run(runner[args.command]())
+    except Exception as exc:  # one clear line, the traceback in the log at debug
+        logging.getLogger("goalstream").debug("fatal", exc_info=True)
+        print(f"goalstream {args.command}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,137 @@
+"""Kafka plumbing shared by the gateway and the processors: topics and the Avro producer.
+
+``RecordProducer`` turns canonical ``Record``s into Avro messages (schema name and
+version in the headers, key ``workspace:customer_id``) and returns only once the broker
+acknowledged every one (``acks="all"``). Idempotence is asked for; a broker that refuses
+to hand out producer ids (some Kafka-compatible brokers do) gets a plain ``acks="all"``
+producer instead, with a warning: duplicates from producer retries are then collapsed
+downstream by ``message_id``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Iterable, Sequence
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+
+from . import codec, topics
+from .model import Record
+
+log = logging.getLogger("goalstream.kafka")
+
+
+class KafkaUnavailable(Exception):
+    """The broker did not acknowledge in time; retriable."""
+
+    retriable = True
+
+
+async def ensure_topics(bootstrap: str, partitions: int, replication: int = 1, names: Iterable[str] = topics.ALL) -> None:
+    """Create goalstream's topics if they are missing (idempotent)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=15000)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        missing = [NewTopic(n, partitions, replication) for n in names if n not in existing]
+        if missing:
+            try:
+                await admin.create_topics(missing)
+            except TopicAlreadyExistsError:
+                pass  # another process created them between our list and create
+            log.info("created topics %s", ", ".join(t.name for t in missing))
+    finally:
+        await admin.close()
+
+
+async def end_offsets(bootstrap: str, names: Sequence[str]) -> dict[tuple[str, int], int]:
+    """The current end offset of every partition of ``names``."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        tps = []
+        for name in names:
+            for p in consumer.partitions_for_topic(name) or await _partitions(consumer, name):
+                tps.append(TopicPartition(name, p))
+        ends = await consumer.end_offsets(tps)
+        return {(tp.topic, tp.partition): off for tp, off in ends.items()}
+    finally:
+        await consumer.stop()
+
+
+async def _partitions(consumer: AIOKafkaConsumer, name: str) -> set[int]:
+    await consumer._client.force_metadata_update()  # no public call fetches one topic's metadata
+    return consumer.partitions_for_topic(name) or set()
+
+
+class RecordProducer:
+    def __init__(self, bootstrap: str, *, idempotence: bool = True, timeout_s: float = 15.0, linger_ms: int = 1):
+        self.bootstrap = bootstrap
+        self.idempotence = idempotence
+        self.timeout_s = timeout_s
+        self.linger_ms = linger_ms
+        self._producer: AIOKafkaProducer | None = None
+
+    def _make(self, idempotent: bool) -> AIOKafkaProducer:
+        return AIOKafkaProducer(
+            bootstrap_servers=self.bootstrap,
+            acks="all",
+            enable_idempotence=idempotent,
+            linger_ms=self.linger_ms,
+            request_timeout_ms=int(self.timeout_s * 1000),
+            max_batch_size=1024 * 1024,
+            max_request_size=8 * 1024 * 1024,
+        )
+
+    async def start(self) -> None:
+        if self.idempotence:
+            producer = self._make(True)
+            try:
+                await producer.start()
+                self._producer = producer
+                return
+            except KafkaError as exc:
+                await producer.stop()
+                log.warning(
+                    "broker refused an idempotent producer (%r); using acks=all without idempotence, "
+                    "duplicates from retries are collapsed downstream by message_id",
+                    exc,
+                )
+                self.idempotence = False
+        producer = self._make(False)
+        await producer.start()
+        self._producer = producer
+
+    async def stop(self) -> None:
+        if self._producer is not None:
+            producer, self._producer = self._producer, None
+            await producer.stop()  # flushes what is buffered
+
+    async def flush(self) -> None:
+        if self._producer is not None:
+            await self._producer.flush()
+
+    async def publish(self, records: Sequence[Record]) -> None:
+        """Send every record and wait for the broker's acknowledgement of all of them."""
+        if self._producer is None:
+            raise KafkaUnavailable("producer is not running")
+        try:
+            futures = []
+            for r in records:
+                value, headers = codec.encode(r.schema, r.value)
+                futures.append(await self._producer.send(r.topic, value, key=r.key, headers=list(headers)))
+            await asyncio.wait_for(asyncio.gather(*futures), self.timeout_s)
+        except (KafkaError, asyncio.TimeoutError) as exc:
+            raise KafkaUnavailable(f"broker did not acknowledge: {exc!r}") from exc
+
+    async def send_raw(self, topic: str, value: bytes | None, key: bytes | None, headers: Sequence[tuple[str, bytes]]) -> None:
+        if self._producer is None:
+            raise KafkaUnavailable("producer is not running")
+        try:
+            fut = await self._producer.send(topic, value, key=key, headers=list(headers))
+            await asyncio.wait_for(fut, self.timeout_s)
+        except (KafkaError, asyncio.TimeoutError) as exc:
+            raise KafkaUnavailable(f"broker did not acknowledge: {exc!r}") from exc

@@ -1,0 +1,125 @@
+"""The canonical records every dialect decodes into, and the one partition key.
+
+A dialect module turns a vendor request into a list of ``Record``; the gateway's
+producer encodes each with its Avro schema (``schemas.codec``) onto its topic. Values
+are plain dicts shaped exactly like the Avro schema so encoding needs no conversion.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from . import topics
+
+EVENT = "goalstream.Event"
+CUSTOMER_UPSERT = "goalstream.CustomerUpsert"
+CUSTOMER_DELETE = "goalstream.CustomerDelete"
+DEAD_LETTER = "goalstream.DeadLetter"
+
+
+def partition_key(workspace: str, customer_id: str) -> bytes:
+    """The partition key of every customer-scoped record: ``workspace:customer_id``.
+
+    Defined once so a customer's upserts, deletes and events always land on the same
+    partition, in order, and so on the same stream-processor instance.
+    """
+    return f"{workspace}:{customer_id}".encode()
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def new_message_id() -> str:
+    return str(uuid.uuid4())
+
+
+def dumps_json(value: Any) -> str:
+    # orjson keeps ints, floats, bools and nesting exactly; non-str keys are refused upstream.
+    return orjson.dumps(value).decode()
+
+
+@dataclass(slots=True, frozen=True)
+class Record:
+    """One canonical record bound for Kafka: schema name, topic, key and Avro-shaped value."""
+
+    schema: str
+    topic: str
+    key: bytes
+    value: dict[str, Any]
+
+    @property
+    def message_id(self) -> str:
+        return self.value["message_id"]
+
+
+def event(
+    *,
+    workspace: str,
+    customer_id: str,
+    name: str,
+    properties: dict[str, Any],
+    source: str,
+    timestamp_ms: int | None = None,
+    received_at_ms: int | None = None,
+    message_id: str | None = None,
+    anonymous_id: str = "",
+) -> Record:
+    received = received_at_ms if received_at_ms is not None else now_ms()
+    value = {
+        "message_id": message_id or new_message_id(),
+        "workspace": workspace,
+        "customer_id": customer_id,
+        "anonymous_id": anonymous_id,
+        "name": name,
+        "timestamp": timestamp_ms if timestamp_ms is not None else received,
+        "received_at": received,
+        "properties": dumps_json(properties),
+        "source": source,
+    }
+    return Record(EVENT, topics.EVENTS, partition_key(workspace, customer_id or anonymous_id), value)
+
+
+def customer_upsert(
+    *,
+    workspace: str,
+    customer_id: str,
+    attributes: dict[str, Any],
+    source: str,
+    created_at_ms: int | None = None,
+    received_at_ms: int | None = None,
+    message_id: str | None = None,
+) -> Record:
+    value = {
+        "message_id": message_id or new_message_id(),
+        "workspace": workspace,
+        "customer_id": customer_id,
+        "created_at": created_at_ms,
+        "received_at": received_at_ms if received_at_ms is not None else now_ms(),
+        "attributes": dumps_json(attributes),
+        "source": source,
+    }
+    return Record(CUSTOMER_UPSERT, topics.CUSTOMERS, partition_key(workspace, customer_id), value)
+
+
+def customer_delete(
+    *,
+    workspace: str,
+    customer_id: str,
+    source: str,
+    received_at_ms: int | None = None,
+    message_id: str | None = None,
+) -> Record:
+    value = {
+        "message_id": message_id or new_message_id(),
+        "workspace": workspace,
+        "customer_id": customer_id,
+        "received_at": received_at_ms if received_at_ms is not None else now_ms(),
+        "source": source,
+    }
+    return Record(CUSTOMER_DELETE, topics.CUSTOMERS, partition_key(workspace, customer_id), value)

@@ -1,0 +1,89 @@
+"""Typed settings, one object per service, built once at the entry point and passed down.
+
+Each setting can come from a command-line option (passed in as a keyword) or from its
+environment variable (the names in INTERFACE.md); modules receive the object and never
+read the environment themselves.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import AliasChoices, Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _env(name: str, env: str) -> AliasChoices:
+    return AliasChoices(name, env)
+
+
+class CommonSettings(BaseSettings):
+    model_config = SettingsConfigDict(extra="ignore", populate_by_name=True, frozen=True)
+
+    config: Path | None = Field(default=None, validation_alias=_env("config", "GOALSTREAM_CONFIG"))
+    data_dir: Path = Field(default=Path("./var"), validation_alias=_env("data_dir", "GOALSTREAM_DATA_DIR"))
+    kafka: str | None = Field(default=None, validation_alias=_env("kafka", "KAFKA_BOOTSTRAP_SERVERS"))
+    kafka_port: int = Field(default=9092, ge=1, le=65535, validation_alias=_env("kafka_port", "GOALSTREAM_KAFKA_PORT"))
+    clickhouse: str | None = Field(default=None, validation_alias=_env("clickhouse", "CLICKHOUSE_URL"))
+    topic_partitions: int = Field(default=4, ge=1, le=1024, validation_alias=_env("topic_partitions", "GOALSTREAM_TOPIC_PARTITIONS"))
+    topic_replication: int = Field(default=1, ge=1, le=7, validation_alias=_env("topic_replication", "GOALSTREAM_TOPIC_REPLICATION"))
+    log_level: str = Field(default="INFO", validation_alias=_env("log_level", "GOALSTREAM_LOG_LEVEL"))
+
+    @property
+    def kafka_bootstrap(self) -> str:
+        return self.kafka or f"127.0.0.1:{self.kafka_port}"
+
+    @property
+    def clickhouse_dsn(self) -> str:
+        # An absolute path: clickhouse-connect would read chdb://var/x as host "var", database "x".
+        return self.clickhouse or f"chdb://{(self.data_dir / 'clickhouse').resolve()}"
+
+    def config_path(self, cwd: Path | None = None) -> Path | None:
+        """--config, else goalstream.toml in the working directory if present, else None (dev defaults)."""
+        if self.config is not None:
+            return self.config
+        local = (cwd or Path.cwd()) / "goalstream.toml"
+        return local if local.is_file() else None
+
+
+class GatewaySettings(CommonSettings):
+    host: str = Field(default="127.0.0.1", validation_alias=_env("host", "GOALSTREAM_HOST"))
+    port: int = Field(default=8080, ge=0, le=65535, validation_alias=_env("port", "GOALSTREAM_PORT"))
+    tls_cert: Path | None = Field(default=None, validation_alias=_env("tls_cert", "GOALSTREAM_TLS_CERT"))
+    tls_key: Path | None = Field(default=None, validation_alias=_env("tls_key", "GOALSTREAM_TLS_KEY"))
+    tls_port: int = Field(default=8443, ge=0, le=65535, validation_alias=_env("tls_port", "GOALSTREAM_TLS_PORT"))
+    max_body_bytes: int = Field(default=16 * 1024 * 1024, validation_alias=_env("max_body_bytes", "GOALSTREAM_MAX_BODY_BYTES"))
+    produce_timeout_s: float = Field(default=15.0, gt=0, validation_alias=_env("produce_timeout_s", "GOALSTREAM_PRODUCE_TIMEOUT_S"))
+    kafka_idempotence: bool = Field(default=True, validation_alias=_env("kafka_idempotence", "GOALSTREAM_KAFKA_IDEMPOTENCE"))
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> "GatewaySettings":
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("--tls-cert and --tls-key go together")
+        return self
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_cert is not None
+
+
+class WorkerSettings(CommonSettings):
+    consumer_group: str = Field(default="goalstream-processors", validation_alias=_env("consumer_group", "GOALSTREAM_CONSUMER_GROUP"))
+    batch_max: int = Field(default=5000, ge=1, validation_alias=_env("batch_max", "GOALSTREAM_BATCH_MAX"))
+    batch_within_s: float = Field(default=0.2, gt=0, validation_alias=_env("batch_within_s", "GOALSTREAM_BATCH_WITHIN_S"))
+    # Short rebalance/session timeouts make a worker join its group in ~2 s instead of ~40 s
+    # (the join waits for the rebalance timeout); production may raise them.
+    rebalance_timeout_s: float = Field(default=3.0, gt=0, validation_alias=_env("rebalance_timeout_s", "GOALSTREAM_REBALANCE_TIMEOUT_S"))
+    session_timeout_s: float = Field(default=10.0, gt=0, validation_alias=_env("session_timeout_s", "GOALSTREAM_SESSION_TIMEOUT_S"))
+    customer_cache_size: int = Field(default=200_000, ge=0, validation_alias=_env("customer_cache_size", "GOALSTREAM_CUSTOMER_CACHE_SIZE"))
+
+
+class StackSettings(GatewaySettings, WorkerSettings):
+    """``goalstream up``: everything in one process tree, the broker embedded unless --kafka."""
+
+    drain_timeout_s: float = Field(default=120.0, gt=0, validation_alias=_env("drain_timeout_s", "GOALSTREAM_DRAIN_TIMEOUT_S"))
+    broker_max_rss_mb: int = Field(default=4096, ge=64, validation_alias=_env("broker_max_rss_mb", "GOALSTREAM_BROKER_MAX_RSS_MB"))
+
+    @property
+    def embedded_broker(self) -> bool:
+        return self.kafka is None

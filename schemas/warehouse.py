@@ -1,0 +1,139 @@
+"""ClickHouse access for every service: one client, called off the event loop.
+
+Queries and batched inserts go through ``Warehouse``, which runs clickhouse-connect's
+sync client in a worker thread (chDB, the embedded engine, has no async client and must
+never block the loop). ``migrate`` applies the versioned DDL files in
+``schemas/clickhouse/`` once each, recording them in ``schema_migrations``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Sequence
+
+import clickhouse_connect
+
+DDL_DIR = Path(__file__).parent / "clickhouse"
+_DDL_FILE = re.compile(r"^(\d{4})_[\w-]+\.sql$")
+log = logging.getLogger("goalstream.warehouse")
+
+
+class WarehouseError(Exception):
+    """ClickHouse refused or failed a query; ``retriable`` says whether trying again may help."""
+
+    def __init__(self, message: str, retriable: bool = True):
+        super().__init__(message)
+        self.retriable = retriable
+
+
+def migrations() -> list[tuple[int, str, list[str]]]:
+    out = []
+    for path in sorted(DDL_DIR.glob("*.sql")):
+        m = _DDL_FILE.match(path.name)
+        if not m:
+            raise WarehouseError(f"DDL file {path.name} is not named NNNN_name.sql", retriable=False)
+        text = "\n".join(line for line in path.read_text().splitlines() if not line.strip().startswith("--"))
+        statements = [s.strip() for s in text.split(";") if s.strip()]
+        out.append((int(m[1]), path.name, statements))
+    return out
+
+
+def normalize_dsn(dsn: str) -> str:
+    """Make an embedded DSN absolute: ``chdb://./var/clickhouse`` -> ``chdb:///abs/var/clickhouse``.
+
+    clickhouse-connect reads ``chdb://a/b`` as location ``a`` and database ``b``; goalstream's
+    documented default is a path relative to the working directory, so resolve it here.
+    """
+    if not dsn.startswith("chdb://") or dsn.startswith("chdb:///"):
+        return dsn
+    rest = dsn[len("chdb://") :]
+    if rest.split("/", 1)[0] in ("memory", ":memory:"):
+        return dsn
+    return "chdb://" + str(Path(rest).resolve())
+
+
+def embedded_path(dsn: str) -> Path | None:
+    dsn = normalize_dsn(dsn)
+    return Path(dsn[len("chdb://") :]) if dsn.startswith("chdb:///") else None
+
+
+class Warehouse:
+    def __init__(self, dsn: str):
+        dsn = normalize_dsn(dsn)
+        self.dsn = dsn
+        self.embedded = dsn.startswith("chdb:")
+        self._client: Any = None
+        # chDB serialises calls on one handle anyway; a server takes a few in parallel.
+        self._pool = ThreadPoolExecutor(max_workers=1 if self.embedded else 4, thread_name_prefix="clickhouse")
+
+    async def _run(self, fn, *args, **kwargs):
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._pool, lambda: fn(*args, **kwargs))
+        except WarehouseError:
+            raise
+        except Exception as exc:
+            raise WarehouseError(f"{type(exc).__name__}: {exc}") from exc
+
+    async def open(self) -> "Warehouse":
+        if (path := embedded_path(self.dsn)) is not None:
+            path.mkdir(parents=True, exist_ok=True)
+        self._client = await self._run(clickhouse_connect.get_client, dsn=self.dsn)
+        return self
+
+    async def close(self) -> None:
+        if self._client is not None:
+            client, self._client = self._client, None
+            await self._run(client.close)
+        self._pool.shutdown(wait=True)
+
+    @property
+    def is_open(self) -> bool:
+        return self._client is not None
+
+    async def command(self, sql: str, parameters: dict[str, Any] | None = None) -> Any:
+        return await self._run(self._client.command, sql, parameters=parameters)
+
+    async def rows(self, sql: str, parameters: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        result = await self._run(self._client.query, sql, parameters=parameters)
+        return list(result.named_results())
+
+    async def raw(self, sql: str, fmt: str, parameters: dict[str, Any] | None = None) -> bytes:
+        return await self._run(self._client.raw_query, sql, parameters=parameters, fmt=fmt)
+
+    async def insert(
+        self, table: str, rows: Sequence[Sequence[Any]], columns: Sequence[str], dedup_token: str | None = None
+    ) -> None:
+        if not rows:
+            return
+        settings = {"insert_deduplication_token": dedup_token} if dedup_token else None
+        await self._run(self._client.insert, table, rows, column_names=list(columns), settings=settings)
+
+    async def ping(self) -> bool:
+        try:
+            await self.command("SELECT 1")
+            return True
+        except WarehouseError:
+            return False
+
+    async def migrate(self) -> list[str]:
+        """Apply the DDL files not applied yet; returns the names applied now."""
+        await self.command(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (version UInt32, name String, "
+            "applied_at DateTime DEFAULT now()) ENGINE = MergeTree ORDER BY version"
+        )
+        done = {r["version"] for r in await self.rows("SELECT version FROM schema_migrations")}
+        applied = []
+        for version, name, statements in migrations():
+            if version in done:
+                continue
+            for statement in statements:
+                await self.command(statement)
+            await self.insert("schema_migrations", [[version, name]], ["version", "name"])
+            log.info("applied ClickHouse migration %s", name)
+            applied.append(name)
+        return applied

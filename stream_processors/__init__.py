@@ -1,0 +1,1 @@
+"""Stream processors: faust agents that move Kafka records into ClickHouse state."""

@@ -1,0 +1,264 @@
+"""The stream processors: faust agents from Kafka into ClickHouse.
+
+Flow: ``goalstream.events`` -> events sink -> ClickHouse ``events``;
+``goalstream.customers`` -> customer state (merge, delete) -> ClickHouse ``customers``.
+Each agent takes batches (``take_events``: acknowledged only after the batch body
+returns, i.e. after ClickHouse took it), decodes every message with the writer's schema
+named in its headers, sends what does not decode to ``goalstream.deadletter`` with the
+reason, and inserts the rest in one batch carrying an ``insert_deduplication_token``
+derived from the batch's offsets and message ids: a batch replayed after a crash is not
+stored twice, and a broker restart that reuses offsets (the embedded broker keeps
+nothing) cannot collide with an earlier batch because the message ids differ.
+
+Customer state is cached in memory per worker and rebuilt from ClickHouse on a miss (the
+latest version, deleted or not), never from Kafka, so a broker restart with empty topics
+cannot make merges go wrong. The cache is dropped whenever partitions are revoked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from collections import OrderedDict
+from datetime import datetime, timezone
+from typing import Any, Awaitable, Callable, Iterable, Sequence
+
+import faust
+
+from schemas import codec, model, topics
+from schemas.kafka import KafkaUnavailable, RecordProducer
+from schemas.model import Record
+from schemas.settings import WorkerSettings
+from schemas.warehouse import Warehouse, WarehouseError
+
+from . import customers as cust
+from .errors import BadRecord
+
+log = logging.getLogger("goalstream.processors")
+
+EVENT_COLUMNS = ("message_id", "workspace", "customer_id", "anonymous_id", "name", "timestamp", "received_at", "properties", "source")
+EXPECTED = {
+    topics.EVENTS: {model.EVENT},
+    topics.CUSTOMERS: {model.CUSTOMER_UPSERT, model.CUSTOMER_DELETE},
+}
+# After this many failed attempts a batch is split so one bad row cannot block the rest.
+ISOLATE_AFTER = 5
+
+
+def _headers(message: Any) -> list[tuple[str, bytes]]:
+    h = message.headers or ()
+    return list(h.items()) if isinstance(h, dict) else list(h)
+
+
+def batch_token(stage: str, messages: Sequence[Any], ids: Iterable[str]) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    for m in messages:
+        h.update(f"{m.topic}/{m.partition}/{m.offset};".encode())
+    for i in ids:
+        h.update(i.encode())
+        h.update(b"\0")
+    return f"{stage}-{h.hexdigest()}"
+
+
+class Processors:
+    def __init__(self, settings: WorkerSettings, warehouse: Warehouse):
+        self.settings = settings
+        self.warehouse = warehouse
+        self.progress: dict[tuple[str, int], int] = {}
+        self.cache: OrderedDict[tuple[str, str], cust.CustomerState] = OrderedDict()
+        self.deadletters = RecordProducer(settings.kafka_bootstrap, idempotence=False)
+        self.app = self._make_app()
+
+    # -- faust wiring ------------------------------------------------------------------
+
+    def _make_app(self) -> faust.App:
+        s = self.settings
+        app = faust.App(
+            s.consumer_group,
+            broker=[f"kafka://{h.strip()}" for h in s.kafka_bootstrap.split(",")],
+            datadir=str(s.data_dir / "faust"),
+            web_enabled=False,
+            topic_disable_leader=True,
+            topic_allow_declare=False,
+            consumer_auto_offset_reset="earliest",
+            stream_wait_empty=False,
+            stream_buffer_maxsize=max(4096, s.batch_max * 2),
+            broker_rebalance_timeout=s.rebalance_timeout_s,
+            broker_session_timeout=s.session_timeout_s,
+            broker_heartbeat_interval=min(1.0, s.session_timeout_s / 4),
+            broker_commit_interval=1.0,
+        )
+        events = app.topic(topics.EVENTS, value_serializer="raw", key_serializer="raw")
+        customers = app.topic(topics.CUSTOMERS, value_serializer="raw", key_serializer="raw")
+
+        async def events_sink(stream):
+            async for batch in stream.take_events(s.batch_max, within=s.batch_within_s):
+                await self._handle(batch, "events-sink", self._sink_events)
+
+        async def customers_sink(stream):
+            async for batch in stream.take_events(s.batch_max, within=s.batch_within_s):
+                await self._handle(batch, "customers-sink", self._sink_customers)
+
+        app.agent(events, name="goalstream.events-sink")(events_sink)
+        app.agent(customers, name="goalstream.customers-sink")(customers_sink)
+
+        @app.on_partitions_revoked.connect
+        async def _revoked(sender: Any, revoked: Any, **kwargs: Any) -> None:
+            # Another worker may now own some customers: our cached view of them may go stale.
+            self.cache.clear()
+
+        return app
+
+    async def start(self) -> None:
+        await self.deadletters.start()
+        await self.app.start()
+
+    async def stop(self) -> None:
+        await self.app.stop()
+        await self.deadletters.stop()
+
+    # -- batch handling ----------------------------------------------------------------
+
+    async def _handle(self, batch: Sequence[Any], stage: str, sink: Callable[[list], Awaitable[None]]) -> None:
+        good: list[tuple[Any, str, dict[str, Any]]] = []
+        for event in batch:
+            msg = event.message
+            try:
+                schema, record = self._decode(msg)
+            except BadRecord as exc:
+                await self._deadletter(msg, exc.message, stage)
+                continue
+            good.append((msg, schema, record))
+        if good:
+            await self._with_retry(good, stage, sink)
+        for event in batch:
+            msg = event.message
+            key = (msg.topic, msg.partition)
+            if msg.offset > self.progress.get(key, -1):
+                self.progress[key] = msg.offset
+
+    @staticmethod
+    def _decode(msg: Any) -> tuple[str, dict[str, Any]]:
+        if msg.value is None:
+            raise BadRecord("message has no value")
+        try:
+            schema, record = codec.decode(msg.value, _headers(msg))
+        except codec.SchemaError as exc:
+            raise BadRecord(str(exc)) from None
+        if schema not in EXPECTED.get(msg.topic, ()):
+            raise BadRecord(f"{schema} does not belong on {msg.topic}")
+        return schema, record
+
+    async def _with_retry(self, good: list, stage: str, sink: Callable[[list], Awaitable[None]]) -> None:
+        attempt = 0
+        while True:
+            try:
+                await sink(good)
+                return
+            except WarehouseError as exc:
+                attempt += 1
+                if attempt >= ISOLATE_AFTER and len(good) > 1:
+                    log.error("%s: batch of %d failed %d times (%s); inserting one by one", stage, len(good), attempt, exc)
+                    for item in good:
+                        await self._one_or_deadletter(item, stage, sink)
+                    return
+                if attempt >= ISOLATE_AFTER and not exc.retriable:
+                    await self._deadletter(good[0][0], f"ClickHouse refused the record: {exc}", stage)
+                    return
+                delay = min(10.0, 0.2 * 2**attempt)
+                log.warning("%s: ClickHouse insert failed (%s); retry %d in %.1fs", stage, exc, attempt, delay)
+                await asyncio.sleep(delay)
+
+    async def _one_or_deadletter(self, item: tuple, stage: str, sink: Callable[[list], Awaitable[None]]) -> None:
+        for attempt in range(3):
+            try:
+                await sink([item])
+                return
+            except WarehouseError as exc:
+                last = exc
+                await asyncio.sleep(0.5 * (attempt + 1))
+        await self._deadletter(item[0], f"ClickHouse refused the record: {last}", stage)
+
+    async def _deadletter(self, msg: Any, reason: str, stage: str) -> None:
+        log.warning("dead-lettering %s/%s@%s: %s", msg.topic, msg.partition, msg.offset, reason)
+        value = {
+            "id": model.new_message_id(),
+            "reason": reason,
+            "stage": stage,
+            "source_topic": msg.topic,
+            "source_partition": msg.partition,
+            "source_offset": msg.offset,
+            "key": msg.key,
+            "value": msg.value,
+            "headers": {k: v for k, v in _headers(msg)},
+            "failed_at": model.now_ms(),
+        }
+        record = Record(model.DEAD_LETTER, topics.DEADLETTER, msg.key or b"", value)
+        while True:
+            try:
+                await self.deadletters.publish([record])
+                return
+            except KafkaUnavailable as exc:
+                # Not acknowledging the source message is the only safe choice here.
+                log.error("cannot write to %s (%s); retrying", topics.DEADLETTER, exc)
+                await asyncio.sleep(1.0)
+
+    # -- sinks -------------------------------------------------------------------------
+
+    async def _sink_events(self, good: list) -> None:
+        rows = []
+        for _msg, _schema, r in good:
+            rows.append([r[c] for c in EVENT_COLUMNS])
+        token = batch_token("events", [g[0] for g in good], (r["message_id"] for _, _, r in good))
+        await self.warehouse.insert("events", rows, EVENT_COLUMNS, token)
+
+    async def _load_customers(self, keys: set[tuple[str, str]]) -> dict[tuple[str, str], cust.CustomerState]:
+        by_ws: dict[str, list[str]] = {}
+        for ws, cid in keys:
+            by_ws.setdefault(ws, []).append(cid)
+        found: dict[tuple[str, str], cust.CustomerState] = {}
+        for ws, ids in by_ws.items():
+            rows = await self.warehouse.rows(
+                f"SELECT {', '.join(cust.COLUMNS)} FROM customers WHERE workspace = {{ws:String}} "
+                "AND customer_id IN {ids:Array(String)} ORDER BY version DESC LIMIT 1 BY customer_id",
+                {"ws": ws, "ids": ids},
+            )
+            for row in rows:
+                found[(ws, row["customer_id"])] = cust.CustomerState.from_row(row)
+        return found
+
+    async def _sink_customers(self, good: list) -> None:
+        keys = {(r["workspace"], r["customer_id"]) for _, _, r in good}
+        states: dict[tuple[str, str], cust.CustomerState | None] = {k: self.cache.get(k) for k in keys}
+        missing = {k for k, v in states.items() if v is None}
+        if missing:
+            states.update(await self._load_customers(missing))
+        touched: dict[tuple[str, str], cust.CustomerState] = {}
+        for _msg, schema, r in good:
+            k = (r["workspace"], r["customer_id"])
+            states[k] = touched[k] = cust.apply(states.get(k), schema, r)
+        rows = [s.row() for s in touched.values()]
+        token = batch_token("customers", [g[0] for g in good], (r["message_id"] for _, _, r in good))
+        await self.warehouse.insert("customers", rows, cust.COLUMNS, token)
+        # Only now, with the rows stored, does the cache move forward.
+        limit = self.settings.customer_cache_size
+        for k, state in touched.items():
+            self.cache[k] = state
+            self.cache.move_to_end(k)
+        while len(self.cache) > limit:
+            self.cache.popitem(last=False)
+
+    # -- draining ----------------------------------------------------------------------
+
+    def caught_up(self, ends: dict[tuple[str, int], int]) -> bool:
+        return all(end == 0 or self.progress.get(tp, -1) >= end - 1 for tp, end in ends.items())
+
+    async def wait_caught_up(self, ends: dict[tuple[str, int], int], timeout: float) -> bool:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not self.caught_up(ends):
+            if loop.time() > deadline:
+                return False
+            await asyncio.sleep(0.05)
+        return True
