@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import subprocess
+import urllib.error
 import urllib.request
 
 import aiohttp
@@ -147,3 +148,46 @@ def test_sigterm_right_after_10000_events_loses_none(tmp_path):
     finally:
         second.terminate(60)
         second.kill()
+
+
+async def _post_batches(url: str, batches: int, size: int = 500) -> dict[int, int]:
+    """Post batches of ~1 KB events, honouring 503 + Retry-After like a well-behaved client."""
+    statuses: dict[int, int] = {}
+    pad = "x" * 900
+    sem = asyncio.Semaphore(4)
+    async with aiohttp.ClientSession(headers={"Authorization": "Token tk_live_123"}) as s:
+        async def one(b: int) -> None:
+            body = json.dumps([{"customer_id": f"r{b}-{i}", "name": "recycle", "pad": pad} for i in range(size)])
+            async with sem:
+                while True:
+                    async with s.post(f"{url}/api/v1/event", data=body) as r:
+                        statuses[r.status] = statuses.get(r.status, 0) + 1
+                        if r.status == 200:
+                            return
+                        assert r.status == 503 and "Retry-After" in r.headers, await r.text()
+                        await asyncio.sleep(float(r.headers["Retry-After"]) / 5)
+        await asyncio.gather(*(one(b) for b in range(batches)))
+    return statuses
+
+
+def _health(url: str) -> dict:
+    try:
+        with urllib.request.urlopen(f"{url}/healthz", timeout=5) as r:
+            return json.loads(r.read())["components"]
+    except urllib.error.HTTPError as exc:  # 503 while degraded, e.g. recycling
+        return json.loads(exc.read())["components"]
+
+
+def test_embedded_broker_is_recycled_without_loss(tmp_path):
+    s = StackProcess(tmp_path / "recycle", ["--broker-max-rss-mb", "64"]).start()
+    try:
+        statuses = asyncio.run(_post_batches(s.url, 160))  # 80,000 events of ~1 KB: well past 64 MB
+        assert statuses[200] == 160
+        wait_for(lambda: "recycling it" in s.err_path.read_text(), timeout=30)
+        wait_for(lambda: s.sql("SELECT count(), uniqExact(message_id) FROM events WHERE name = 'recycle'").split() == ["80000", "80000"], timeout=120, interval=1)
+        wait_for(lambda: _health(s.url).get("broker") == "embedded", timeout=60)
+        recycles = s.err_path.read_text().count("recycling it")
+        print(f"recycled {recycles} time(s); statuses {statuses}")
+    finally:
+        s.terminate(120)
+        s.kill()
