@@ -97,7 +97,7 @@ async def admin_sql(request: web.Request) -> web.Response:
     if services.warehouse is None:
         return json_response({"error": {"type": "api_error", "message": "no warehouse on this gateway"}}, 503)
     try:
-        body = await services.warehouse.raw(statement, fmt)
+        body = await services.warehouse.raw(statement, fmt, readonly=True)
     except WarehouseError as exc:
         return json_response({"error": {"type": "api_invalid_request_error", "message": str(exc)}}, 400)
     return web.Response(body=body, content_type="text/plain")

@@ -102,8 +102,11 @@ class Warehouse:
         result = await self._run(self._client.query, sql, parameters=parameters)
         return list(result.named_results())
 
-    async def raw(self, sql: str, fmt: str, parameters: dict[str, Any] | None = None) -> bytes:
-        return await self._run(self._client.raw_query, sql, parameters=parameters, fmt=fmt)
+    async def raw(self, sql: str, fmt: str, parameters: dict[str, Any] | None = None, *, readonly: bool = False) -> bytes:
+        # A server enforces readonly per query; chDB would keep the setting for the whole
+        # session (and refuse our own inserts after it), so there the caller's SQL check is it.
+        settings = {"readonly": 1} if readonly and not self.embedded else None
+        return await self._run(self._client.raw_query, sql, parameters=parameters, fmt=fmt, settings=settings)
 
     async def insert(
         self, table: str, rows: Sequence[Sequence[Any]], columns: Sequence[str], dedup_token: str | None = None

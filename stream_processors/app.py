@@ -111,6 +111,7 @@ class Processors:
         return app
 
     async def start(self) -> None:
+        (self.settings.data_dir / "faust").mkdir(parents=True, exist_ok=True)
         await self.deadletters.start()
         await self.app.start()
 
@@ -151,6 +152,9 @@ class Processors:
         return schema, record
 
     async def _with_retry(self, good: list, stage: str, sink: Callable[[list], Awaitable[None]]) -> None:
+        """Insert until it works. A ClickHouse that is down is waited for, however long;
+        only a ClickHouse that answers pings but keeps refusing the batch gets it split,
+        so that the rows it refuses go to the dead-letter topic and the rest are stored."""
         attempt = 0
         while True:
             try:
@@ -158,27 +162,30 @@ class Processors:
                 return
             except WarehouseError as exc:
                 attempt += 1
-                if attempt >= ISOLATE_AFTER and len(good) > 1:
-                    log.error("%s: batch of %d failed %d times (%s); inserting one by one", stage, len(good), attempt, exc)
+                if attempt >= ISOLATE_AFTER and await self.warehouse.ping():
+                    log.error("%s: ClickHouse is up but refused a batch of %d %d times (%s); isolating", stage, len(good), attempt, exc)
                     for item in good:
                         await self._one_or_deadletter(item, stage, sink)
-                    return
-                if attempt >= ISOLATE_AFTER and not exc.retriable:
-                    await self._deadletter(good[0][0], f"ClickHouse refused the record: {exc}", stage)
                     return
                 delay = min(10.0, 0.2 * 2**attempt)
                 log.warning("%s: ClickHouse insert failed (%s); retry %d in %.1fs", stage, exc, attempt, delay)
                 await asyncio.sleep(delay)
 
     async def _one_or_deadletter(self, item: tuple, stage: str, sink: Callable[[list], Awaitable[None]]) -> None:
-        for attempt in range(3):
+        refusals = 0
+        while True:
             try:
                 await sink([item])
                 return
             except WarehouseError as exc:
-                last = exc
-                await asyncio.sleep(0.5 * (attempt + 1))
-        await self._deadletter(item[0], f"ClickHouse refused the record: {last}", stage)
+                if not await self.warehouse.ping():
+                    await asyncio.sleep(1.0)  # down again: wait, this row is not at fault
+                    continue
+                refusals += 1
+                if refusals >= 3:
+                    await self._deadletter(item[0], f"ClickHouse refused the record: {exc}", stage)
+                    return
+                await asyncio.sleep(0.5 * refusals)
 
     async def _deadletter(self, msg: Any, reason: str, stage: str) -> None:
         log.warning("dead-lettering %s/%s@%s: %s", msg.topic, msg.partition, msg.offset, reason)
