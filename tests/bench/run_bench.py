@@ -449,4 +449,8 @@ def _terminate(signum, frame) -> None:
 
 if __name__ == "__main__":
     signal.signal(signal.SIGTERM, _terminate)  # SIGTERM cleans up like Ctrl-C
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        print("bench interrupted; servers stopped, temp dir removed", file=sys.stderr)
+        sys.exit(130)
