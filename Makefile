@@ -17,7 +17,7 @@ $(STAMP): $(BIN)/python pyproject.toml
 install: $(STAMP)
 
 run: $(STAMP)
-	exec $(BIN)/goalstream up
+	@exec $(BIN)/goalstream up
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -ra

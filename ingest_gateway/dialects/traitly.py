@@ -137,9 +137,8 @@ class Traitly(Dialect):
             exc.args = (exc.message,)
         return exc
 
-    # -- events ------------------------------------------------------------------------
-
-    async def create_events(self, request: web.Request) -> web.Response:
+    async def _create(self, request: web.Request, decode: Any, object_name: str) -> web.Response:
+        """POST of one object or a list: decode each (all or nothing), publish, echo them."""
         self.check_accept(request)
         workspace = self.authenticate(request)
         items = await self._objects(request)
@@ -147,27 +146,36 @@ class Traitly(Dialect):
         records, data = [], []
         for i, item in enumerate(items):
             try:
-                customer_id = identifier(item.get("customer_id"), "customer_id")
-                name = text(item.get("name"), "name", max_len=255)
-                ts = unix_seconds(item.get("created_at"), "created_at")
-                message_id = identifier(item.get("message_id"), "message_id", required=False)
+                record, shown = decode(workspace, item, received)
             except errors.GatewayError as exc:
                 raise self._at(items, i, exc) from None
-            properties = {k: v for k, v in item.items() if k not in ("customer_id", "name", "created_at", "message_id")}
-            rec = model.event(
-                workspace=workspace,
-                customer_id=customer_id,
-                name=name,
-                properties=properties,
-                source=self.name,
-                timestamp_ms=ts,
-                received_at_ms=received,
-                message_id=message_id,
-            )
-            records.append(rec)
-            data.append({"customer_id": customer_id, "name": name, "created_at": _seconds(rec.value["timestamp"]), "success": 1})
+            records.append(record)
+            data.append(shown)
         await self.services.publish(records)
-        return json_response({"data": data, "metadata": {}, "created": _now_s(), "object": "event"})
+        return json_response({"data": data, "metadata": {}, "created": _now_s(), "object": object_name})
+
+    # -- events ------------------------------------------------------------------------
+
+    async def create_events(self, request: web.Request) -> web.Response:
+        return await self._create(request, self._decode_event, "event")
+
+    def _decode_event(self, workspace: str, item: dict[str, Any], received: int) -> tuple[model.Record, dict[str, Any]]:
+        customer_id = identifier(item.get("customer_id"), "customer_id")
+        name = text(item.get("name"), "name", max_len=255)
+        ts = unix_seconds(item.get("created_at"), "created_at")
+        message_id = identifier(item.get("message_id"), "message_id", required=False)
+        properties = {k: v for k, v in item.items() if k not in ("customer_id", "name", "created_at", "message_id")}
+        rec = model.event(
+            workspace=workspace,
+            customer_id=customer_id,
+            name=name,
+            properties=properties,
+            source=self.name,
+            timestamp_ms=ts,
+            received_at_ms=received,
+            message_id=message_id,
+        )
+        return rec, {"customer_id": customer_id, "name": name, "created_at": _seconds(rec.value["timestamp"]), "success": 1}
 
     async def list_events(self, request: web.Request) -> web.Response:
         self.check_accept(request)
@@ -209,45 +217,35 @@ class Traitly(Dialect):
     # -- customers ---------------------------------------------------------------------
 
     async def create_customers(self, request: web.Request) -> web.Response:
-        self.check_accept(request)
-        workspace = self.authenticate(request)
-        items = await self._objects(request)
-        received = model.now_ms()
-        records, data = [], []
-        for i, item in enumerate(items):
-            try:
-                customer_id = identifier(item.get("customer_id"), "customer_id")
-                name = text(item.get("name"), "name", max_len=255)
-                email = text(item.get("email"), "email", max_len=255)
-                if "@" not in email or any(c.isspace() for c in email):
-                    raise errors.InvalidRequest("'email' is not an email address", param="email")
-                plan = text(item.get("plan"), "plan", max_len=255)
-                created = unix_seconds(item.get("created_at"), "created_at")
-                custom = item.get("custom_attributes")
-                if custom is not None and not isinstance(custom, dict):
-                    raise errors.InvalidRequest("'custom_attributes' must be a JSON object", param="custom_attributes")
-                message_id = identifier(item.get("message_id"), "message_id", required=False)
-            except errors.GatewayError as exc:
-                raise self._at(items, i, exc) from None
-            attributes = {k: v for k, v in item.items() if k not in ("customer_id", "created_at", "message_id")}
-            attributes.update(name=name, email=email, plan=plan)
-            records.append(
-                model.customer_upsert(
-                    workspace=workspace,
-                    customer_id=customer_id,
-                    attributes=attributes,
-                    source=self.name,
-                    created_at_ms=created,
-                    received_at_ms=received,
-                    message_id=message_id,
-                )
-            )
-            shown = {f: None for f in CUSTOMER_FIELDS}
-            shown.update(attributes)
-            shown.update(customer_id=customer_id, created_at=_seconds(created if created is not None else received))
-            data.append(shown)
-        await self.services.publish(records)
-        return json_response({"data": data, "metadata": {}, "created": _now_s(), "object": "customer"})
+        return await self._create(request, self._decode_customer, "customer")
+
+    def _decode_customer(self, workspace: str, item: dict[str, Any], received: int) -> tuple[model.Record, dict[str, Any]]:
+        customer_id = identifier(item.get("customer_id"), "customer_id")
+        name = text(item.get("name"), "name", max_len=255)
+        email = text(item.get("email"), "email", max_len=255)
+        if "@" not in email or any(c.isspace() for c in email):
+            raise errors.InvalidRequest("'email' is not an email address", param="email")
+        plan = text(item.get("plan"), "plan", max_len=255)
+        created = unix_seconds(item.get("created_at"), "created_at")
+        custom = item.get("custom_attributes")
+        if custom is not None and not isinstance(custom, dict):
+            raise errors.InvalidRequest("'custom_attributes' must be a JSON object", param="custom_attributes")
+        message_id = identifier(item.get("message_id"), "message_id", required=False)
+        attributes = {k: v for k, v in item.items() if k not in ("customer_id", "created_at", "message_id")}
+        attributes.update(name=name, email=email, plan=plan)
+        rec = model.customer_upsert(
+            workspace=workspace,
+            customer_id=customer_id,
+            attributes=attributes,
+            source=self.name,
+            created_at_ms=created,
+            received_at_ms=received,
+            message_id=message_id,
+        )
+        shown = {f: None for f in CUSTOMER_FIELDS}
+        shown.update(attributes)
+        shown.update(customer_id=customer_id, created_at=_seconds(created if created is not None else received))
+        return rec, shown
 
     async def list_customers(self, request: web.Request) -> web.Response:
         self.check_accept(request)
