@@ -28,7 +28,9 @@ def _spawn(args, cwd, ready_prefix, timeout=90.0):
                 ready.set()
 
     threading.Thread(target=pump, daemon=True).start()
-    assert ready.wait(timeout), (cwd / f"{args[0]}.err").read_text()[-2000:]
+    if not ready.wait(timeout):
+        proc.kill()
+        raise AssertionError((cwd / f"{args[0]}.err").read_text()[-2000:])
     return proc
 
 
@@ -38,6 +40,14 @@ async def test_gateway_and_worker_as_separate_processes(tmp_path, broker):
     port = free_port()
     common = ["--kafka", broker.bootstrap]
     worker = _spawn(["worker", *common, "--clickhouse", ch], tmp_path, "goalstream worker ready")
+    try:
+        await _through_gateway_then_stop_worker(tmp_path, broker, worker, common, port, ch)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+
+
+async def _through_gateway_then_stop_worker(tmp_path, broker, worker, common, port, ch):
     # The gateway's own ClickHouse (reads) is separate here; its write path needs only Kafka.
     gateway = _spawn(["gateway", *common, "--clickhouse", f"chdb://{tmp_path / 'gw-ch'}", "--port", str(port)], tmp_path, "goalstream gateway ready")
     try:
