@@ -115,9 +115,16 @@ class Processors:
         await self.deadletters.start()
         await self.app.start()
 
-    async def stop(self) -> None:
-        await self.app.stop()
-        await self.deadletters.stop()
+    async def stop(self, timeout: float = 30.0) -> None:
+        # Bounded: with the broker gone, faust's final commit could wait forever.
+        try:
+            await asyncio.wait_for(self.app.stop(), timeout)
+        except asyncio.TimeoutError:
+            log.error("processors did not stop within %.0fs (broker unreachable?); leaving anyway", timeout)
+        try:
+            await asyncio.wait_for(self.deadletters.stop(), 10)
+        except asyncio.TimeoutError:
+            log.error("dead-letter producer did not flush within 10s")
 
     # -- batch handling ----------------------------------------------------------------
 
