@@ -29,6 +29,7 @@ from .health import Health
 log = logging.getLogger("goalstream.gateway")
 SERVICES = web.AppKey("services", Services)
 HEALTH = web.AppKey("health", Health)
+LOCAL_TOKEN = web.AppKey("local_token", str)  # the running stack's per-run token for `goalstream sql`
 
 
 def _error_for(exc: web.HTTPException) -> errors.GatewayError:
@@ -102,8 +103,6 @@ async def admin_sql(request: web.Request) -> web.Response:
         return json_response({"error": {"type": "api_invalid_request_error", "message": str(exc)}}, 400)
     return web.Response(body=body, content_type="text/plain")
 
-
-LOCAL_TOKEN = web.AppKey("local_token", str)
 
 
 def create_app(

@@ -12,8 +12,3 @@ class ProcessorError(Exception):
 class BadRecord(ProcessorError):
     """A message that cannot be decoded or is not what its topic carries: dead-lettered."""
 
-
-class SinkUnavailable(ProcessorError):
-    """ClickHouse did not take a batch; the batch is retried, never acknowledged before."""
-
-    retriable = True
