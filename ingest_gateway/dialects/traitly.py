@@ -154,6 +154,19 @@ class Traitly(Dialect):
         await self.services.publish(records)
         return json_response({"data": data, "metadata": {}, "created": _now_s(), "object": object_name})
 
+    def _list_query(self, request: web.Request, filters: tuple[str, ...]) -> tuple[int, list[str], dict[str, Any]]:
+        """A GET list's common start: JSON accepted, caller's workspace only, limit, equality filters."""
+        self.check_accept(request)
+        workspace = self.authenticate(request)
+        limit = limit_param(request)
+        where = ["workspace = {ws:String}"]
+        params: dict[str, Any] = {"ws": workspace, "n": limit + 1}
+        for param in filters:
+            if value := request.query.get(param):
+                where.append(f"{param} = {{{param}:String}}")
+                params[param] = value
+        return limit, where, params
+
     # -- events ------------------------------------------------------------------------
 
     async def create_events(self, request: web.Request) -> web.Response:
@@ -178,18 +191,9 @@ class Traitly(Dialect):
         return rec, {"customer_id": customer_id, "name": name, "created_at": _seconds(rec.value["timestamp"]), "success": 1}
 
     async def list_events(self, request: web.Request) -> web.Response:
-        self.check_accept(request)
-        workspace = self.authenticate(request)
-        limit = limit_param(request)
-        where = ["workspace = {ws:String}"]
-        params: dict[str, Any] = {"ws": workspace, "n": limit + 1}
         # The seed's table marks customer_id and name required, but its own curl example
         # sends neither and gets a list: both are filters here, applied when given.
-        for param in ("customer_id", "name"):
-            value = request.query.get(param)
-            if value:
-                where.append(f"{param} = {{{param}:String}}")
-                params[param] = value
+        limit, where, params = self._list_query(request, ("customer_id", "name"))
         if cursor := request.query.get("cursor"):
             ts, mid = _decode_cursor(cursor, 2)
             where.append("(toUnixTimestamp64Milli(timestamp), message_id) > ({cts:Int64}, {cmid:String})")
@@ -248,16 +252,7 @@ class Traitly(Dialect):
         return rec, shown
 
     async def list_customers(self, request: web.Request) -> web.Response:
-        self.check_accept(request)
-        workspace = self.authenticate(request)
-        limit = limit_param(request)
-        where = ["workspace = {ws:String}"]
-        params: dict[str, Any] = {"ws": workspace, "n": limit + 1}
-        for param in ("customer_id", "name", "plan"):
-            value = request.query.get(param)
-            if value:
-                where.append(f"{param} = {{{param}:String}}")
-                params[param] = value
+        limit, where, params = self._list_query(request, ("customer_id", "name", "plan"))
         if cursor := request.query.get("cursor"):
             (after,) = _decode_cursor(cursor, 1)
             where.append("customer_id > {after:String}")
