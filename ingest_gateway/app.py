@@ -50,7 +50,9 @@ def _error_middleware(dialects: list[Dialect]):
 
     @web.middleware
     async def middleware(request: web.Request, handler):
-        owner = next((d for d in dialects if d.owns(request.path)), fallback)
+        claims = [(d.claim(request.path), i) for i, d in enumerate(dialects)]
+        best, index = max(claims, key=lambda c: (c[0], -c[1]))
+        owner = dialects[index] if best else fallback
         try:
             return await handler(request)
         except errors.GatewayError as exc:

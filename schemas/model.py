@@ -19,6 +19,8 @@ from . import topics
 EVENT = "goalstream.Event"
 CUSTOMER_UPSERT = "goalstream.CustomerUpsert"
 CUSTOMER_DELETE = "goalstream.CustomerDelete"
+CUSTOMER_ARRAYS = "goalstream.CustomerArrays"
+CUSTOMER_MERGE = "goalstream.CustomerMerge"
 DEAD_LETTER = "goalstream.DeadLetter"
 
 
@@ -123,3 +125,55 @@ def customer_delete(
         "source": source,
     }
     return Record(CUSTOMER_DELETE, topics.CUSTOMERS, partition_key(workspace, customer_id), value)
+
+
+def customer_arrays(
+    *,
+    workspace: str,
+    customer_id: str,
+    field: str,
+    op: str,
+    items: list[Any],
+    source: str,
+    received_at_ms: int | None = None,
+    message_id: str | None = None,
+) -> Record:
+    """Upsert items into (``op="upsert"``) or remove ids from (``op="delete"``) an array attribute."""
+    if op not in ("upsert", "delete"):
+        raise ValueError(f"unknown array op {op!r}")
+    value = {
+        "message_id": message_id or new_message_id(),
+        "workspace": workspace,
+        "customer_id": customer_id,
+        "field": field,
+        "op": op,
+        "items": dumps_json(items),
+        "received_at": received_at_ms if received_at_ms is not None else now_ms(),
+        "source": source,
+    }
+    return Record(CUSTOMER_ARRAYS, topics.CUSTOMERS, partition_key(workspace, customer_id), value)
+
+
+def customer_merge(
+    *,
+    workspace: str,
+    customer_id: str,
+    merged_id: str,
+    kind: str,
+    source: str,
+    received_at_ms: int | None = None,
+    message_id: str | None = None,
+) -> Record:
+    """``merged_id`` is the primary ``customer_id`` from now on (kind ``merge`` or ``alias``)."""
+    if kind not in ("merge", "alias"):
+        raise ValueError(f"unknown merge kind {kind!r}")
+    value = {
+        "message_id": message_id or new_message_id(),
+        "workspace": workspace,
+        "customer_id": customer_id,
+        "merged_id": merged_id,
+        "kind": kind,
+        "received_at": received_at_ms if received_at_ms is not None else now_ms(),
+        "source": source,
+    }
+    return Record(CUSTOMER_MERGE, topics.CUSTOMERS, partition_key(workspace, customer_id), value)

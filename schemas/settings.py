@@ -76,6 +76,9 @@ class WorkerSettings(CommonSettings):
     rebalance_timeout_s: float = Field(default=3.0, gt=0, validation_alias=_env("rebalance_timeout_s", "GOALSTREAM_REBALANCE_TIMEOUT_S"))
     session_timeout_s: float = Field(default=10.0, gt=0, validation_alias=_env("session_timeout_s", "GOALSTREAM_SESSION_TIMEOUT_S"))
     customer_cache_size: int = Field(default=200_000, ge=0, validation_alias=_env("customer_cache_size", "GOALSTREAM_CUSTOMER_CACHE_SIZE"))
+    # How many recent message ids a worker remembers to drop a resent event before it is
+    # inserted (ReplacingMergeTree on message_id collapses any that get past, under FINAL).
+    dedup_window: int = Field(default=200_000, ge=0, validation_alias=_env("dedup_window", "GOALSTREAM_DEDUP_WINDOW"))
 
 
 class StackSettings(GatewaySettings, WorkerSettings):

@@ -40,8 +40,9 @@ log = logging.getLogger("goalstream.processors")
 EVENT_COLUMNS = ("message_id", "workspace", "customer_id", "anonymous_id", "name", "timestamp", "received_at", "properties", "source")
 EXPECTED = {
     topics.EVENTS: {model.EVENT},
-    topics.CUSTOMERS: {model.CUSTOMER_UPSERT, model.CUSTOMER_DELETE},
+    topics.CUSTOMERS: {model.CUSTOMER_UPSERT, model.CUSTOMER_DELETE, model.CUSTOMER_ARRAYS, model.CUSTOMER_MERGE},
 }
+MERGE_COLUMNS = ("workspace", "customer_id", "merged_id", "kind", "source", "message_id", "merged_at")
 # After this many failed attempts a batch is split so one bad row cannot block the rest.
 ISOLATE_AFTER = 5
 
@@ -67,6 +68,7 @@ class Processors:
         self.warehouse = warehouse
         self.progress: dict[tuple[str, int], int] = {}
         self.cache: OrderedDict[tuple[str, str], cust.CustomerState] = OrderedDict()
+        self.seen: OrderedDict[tuple[str, str], None] = OrderedDict()  # recent (workspace, message_id)
         self.deadletters = RecordProducer(settings.kafka_bootstrap, idempotence=False)
         self.app = self._make_app()
 
@@ -221,11 +223,23 @@ class Processors:
     # -- sinks -------------------------------------------------------------------------
 
     async def _sink_events(self, good: list) -> None:
-        rows = []
+        # A client that resends (same Segment messageId, Customer.io event id) gets its
+        # event stored once: ids seen recently or twice in this batch are skipped.
+        rows, fresh = [], {}
         for _msg, _schema, r in good:
+            k = (r["workspace"], r["message_id"])
+            if k in self.seen or k in fresh:
+                continue
+            fresh[k] = None
             rows.append([r[c] for c in EVENT_COLUMNS])
+        # The token covers the whole batch, so a replay of it is recognised however it filters.
         token = batch_token("events", [g[0] for g in good], (r["message_id"] for _, _, r in good))
-        await self.warehouse.insert("events", rows, EVENT_COLUMNS, token)
+        if rows:
+            await self.warehouse.insert("events", rows, EVENT_COLUMNS, token)
+        if self.settings.dedup_window:
+            self.seen.update(fresh)
+            while len(self.seen) > self.settings.dedup_window:
+                self.seen.popitem(last=False)
 
     async def _load_customers(self, keys: set[tuple[str, str]]) -> dict[tuple[str, str], cust.CustomerState]:
         by_ws: dict[str, list[str]] = {}
@@ -244,17 +258,35 @@ class Processors:
 
     async def _sink_customers(self, good: list) -> None:
         keys = {(r["workspace"], r["customer_id"]) for _, _, r in good}
+        # A merge also changes the merged customer, which may live on another partition.
+        keys |= {(r["workspace"], r["merged_id"]) for _, schema, r in good if schema == model.CUSTOMER_MERGE}
         states: dict[tuple[str, str], cust.CustomerState | None] = {k: self.cache.get(k) for k in keys}
         missing = {k for k, v in states.items() if v is None}
         if missing:
             states.update(await self._load_customers(missing))
         touched: dict[tuple[str, str], cust.CustomerState] = {}
+        merges: list[list[Any]] = []
         for _msg, schema, r in good:
             k = (r["workspace"], r["customer_id"])
-            states[k] = touched[k] = cust.apply(states.get(k), schema, r)
-        rows = [s.row() for s in touched.values()]
+            if schema == model.CUSTOMER_MERGE:
+                if r["merged_id"] == r["customer_id"]:
+                    continue
+                m = (r["workspace"], r["merged_id"])
+                primary, secondary = cust.merge(states.get(k), states.get(m), r)
+                states[k] = touched[k] = primary
+                if secondary is not None:
+                    states[m] = touched[m] = secondary
+                merges.append([r["workspace"], r["customer_id"], r["merged_id"], r["kind"], r["source"], r["message_id"], r["received_at"]])
+                continue
+            new = cust.apply(states.get(k), schema, r)
+            if new is not None:
+                states[k] = touched[k] = new
         token = batch_token("customers", [g[0] for g in good], (r["message_id"] for _, _, r in good))
-        await self.warehouse.insert("customers", rows, cust.COLUMNS, token)
+        if touched:
+            await self.warehouse.insert("customers", [s.row() for s in touched.values()], cust.COLUMNS, token)
+        if merges:
+            # After the customers: a replay re-sends both, and each insert is deduplicated by its token.
+            await self.warehouse.insert("customer_merges", merges, MERGE_COLUMNS, token + "-merges")
         # Only now, with the rows stored, does the cache move forward.
         limit = self.settings.customer_cache_size
         for k, state in touched.items():

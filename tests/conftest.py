@@ -21,15 +21,28 @@ ROOT = Path(__file__).resolve().parent.parent
 GOALSTREAM = Path(sys.executable).parent / "goalstream"
 
 TEST_CONFIG = """
+# acme carries the credentials the seed documents print, so their examples run as printed.
 [[workspaces]]
 name = "acme"
 traitly_token = "tk_live_123"
+triggerly_api_token = "fae3009c1123ab827aa5e0929d2d0d8b"
+retainly_key = "your_api_key"
+retainly_secret = "your_api_secret"
+customerio_site_id = "YOUR-SITE-ID-HERE"
+customerio_api_key = "YOUR-SECRET-API-KEY-HERE"
+segment_write_key = "wk_1"
 admin_token = "adm_1"
 
 [[workspaces]]
 name = "globex"
 # sha256("tk_globex")
 traitly_token = "sha256:{globex}"
+triggerly_api_token = "tg_globex"
+retainly_key = "rk_globex"
+retainly_secret = "rs_globex"
+customerio_site_id = "site_globex"
+customerio_api_key = "cio_globex"
+segment_write_key = "wk_globex"
 """
 
 

@@ -10,6 +10,8 @@ one into the vendor's own error body.
 from __future__ import annotations
 
 import asyncio
+import base64
+import logging
 import math
 from dataclasses import dataclass
 from typing import Any, ClassVar, Sequence
@@ -19,10 +21,13 @@ from aiohttp import web
 
 from schemas.config import Credentials, GoalstreamConfig
 from schemas.kafka import KafkaUnavailable, RecordProducer
+from schemas import model, topics
 from schemas.model import Record
 from schemas.warehouse import Warehouse, WarehouseError
 
 from .. import errors
+
+log = logging.getLogger("goalstream.gateway")
 
 
 @dataclass
@@ -47,10 +52,49 @@ class Services:
         finally:
             self.inflight -= 1
 
+    async def reject(self, request: web.Request, raw: bytes, reason: str, dialect: str) -> None:
+        """Keep a refused request whose sender cannot see the error (a tracking pixel):
+        it goes to ``goalstream.deadletter`` with the reason, as received, for replay.
+        Best effort: the caller still gets its 4xx whether or not this was stored."""
+        value = {
+            "id": model.new_message_id(),
+            "reason": reason,
+            "stage": f"gateway:{dialect}",
+            "source_topic": "",
+            "source_partition": -1,
+            "source_offset": -1,
+            "key": None,
+            "value": raw,
+            "headers": {
+                "method": request.method.encode(),
+                "path_qs": request.path_qs.encode(),
+                "user-agent": request.headers.get("User-Agent", "").encode(),
+            },
+            "failed_at": model.now_ms(),
+        }
+        try:
+            await self.producer.publish([Record(model.DEAD_LETTER, topics.DEADLETTER, b"", value)])
+        except KafkaUnavailable:
+            log.error("could not dead-letter a refused %s request: %s", dialect, reason)
+
     async def wait_idle(self) -> None:
         """Until no publish is in flight (used before the embedded broker is recycled)."""
         while self.inflight:
             await asyncio.sleep(0.01)
+
+    async def identity(self, workspace: str, customer_id: str, max_depth: int = 8) -> list[str]:
+        """``customer_id`` and every id merged into it (merges of merges too), for reads."""
+        ids, frontier = [customer_id], [customer_id]
+        for _ in range(max_depth):
+            rows = await self.read(
+                "SELECT merged_id FROM customer_identities WHERE workspace = {ws:String} AND customer_id IN {ids:Array(String)}",
+                {"ws": workspace, "ids": frontier},
+            )
+            frontier = [r["merged_id"] for r in rows if r["merged_id"] not in ids]
+            if not frontier:
+                break
+            ids += frontier
+        return ids
 
     async def read(self, sql: str, parameters: dict[str, Any]) -> list[dict[str, Any]]:
         if self.warehouse is None or not self.warehouse.is_open:
@@ -73,8 +117,13 @@ class Dialect:
     def routes(self) -> list[web.RouteDef]:
         raise NotImplementedError
 
-    def owns(self, path: str) -> bool:
-        return path.startswith(self.prefixes)
+    def claim(self, path: str) -> int:
+        """How specifically this dialect owns ``path``: its longest matching prefix, or 0.
+
+        Dialects share path space (Customer.io's ``/api/v1/customers`` sits inside
+        Traitly's ``/api/``, trigger.ly's ``/v1/users/`` inside Segment's ``/v1/``); the
+        most specific claim wins when an error has to be rendered."""
+        return max((len(p) for p in self.prefixes if path == p or path.startswith(p)), default=0)
 
     def render_error(self, error: errors.GatewayError, request: web.Request) -> web.StreamResponse:
         raise NotImplementedError
@@ -157,3 +206,22 @@ def limit_param(request: web.Request, default: int = 100, maximum: int = 1000) -
     if not 1 <= value <= maximum:
         raise errors.InvalidRequest(f"'limit' must be between 1 and {maximum}", param="limit")
     return value
+
+
+def basic_auth(request: web.Request) -> tuple[str, str] | None:
+    """The (user, password) of an ``Authorization: Basic`` header, or None if there is none.
+
+    A malformed one is an authentication error, not a bad request: the caller's fix is
+    the same (send the right credentials)."""
+    header = request.headers.get("Authorization", "")
+    scheme, _, encoded = header.strip().partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        decoded = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
+    except (ValueError, UnicodeDecodeError):
+        raise errors.Unauthenticated("the Authorization header is not valid HTTP Basic") from None
+    user, sep, password = decoded.partition(":")
+    if not sep:
+        raise errors.Unauthenticated("the Authorization header is not valid HTTP Basic (no ':')")
+    return user, password

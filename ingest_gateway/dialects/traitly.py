@@ -193,7 +193,12 @@ class Traitly(Dialect):
     async def list_events(self, request: web.Request) -> web.Response:
         # The seed's table marks customer_id and name required, but its own curl example
         # sends neither and gets a list: both are filters here, applied when given.
-        limit, where, params = self._list_query(request, ("customer_id", "name"))
+        limit, where, params = self._list_query(request, ("name",))
+        if customer_id := request.query.get("customer_id"):
+            # A merged customer's events are the primary's from the merge on (Customer.io
+            # merge_customers, Segment alias).
+            where.append("customer_id IN {ids:Array(String)}")
+            params["ids"] = await self.services.identity(params["ws"], customer_id)
         if cursor := request.query.get("cursor"):
             ts, mid = _decode_cursor(cursor, 2)
             where.append("(toUnixTimestamp64Milli(timestamp), message_id) > ({cts:Int64}, {cmid:String})")
