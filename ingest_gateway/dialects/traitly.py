@@ -197,7 +197,7 @@ class Traitly(Dialect):
         if customer_id := request.query.get("customer_id"):
             # A merged customer's events are the primary's from the merge on (Customer.io
             # merge_customers, Segment alias).
-            where.append("customer_id IN {ids:Array(String)}")
+            where.append("(customer_id IN {ids:Array(String)} OR (customer_id = '' AND anonymous_id IN {ids:Array(String)}))")
             params["ids"] = await self.services.identity(params["ws"], customer_id)
         if cursor := request.query.get("cursor"):
             ts, mid = _decode_cursor(cursor, 2)

@@ -28,15 +28,17 @@ GROUP BY workspace, merged_id;
 -- column whose paths keep the sender's types (Int64, Float64, Bool, String) and whose
 -- date-looking strings are Date/DateTime (the view fixes the parser to best_effort so a
 -- ClickHouse server with default settings types them as chDB does), and with
--- `identified_id`, the customer the event counts for after merges.
+-- `identified_id`, the customer the event counts for after merges (an anonymous event's
+-- anonymous_id can be merged too, e.g. by a Segment alias).
 CREATE VIEW IF NOT EXISTS events_typed AS
 SELECT
     e.message_id, e.workspace, e.customer_id, e.anonymous_id, e.name, e.timestamp, e.received_at, e.source,
     e.properties,
-    if(i.customer_id = '', e.customer_id, i.customer_id) AS identified_id,
+    if(i.customer_id = '', if(e.customer_id = '', e.anonymous_id, e.customer_id), i.customer_id) AS identified_id,
     if(startsWith(e.properties, '{') AND isValidJSON(e.properties), e.properties, '{}')::JSON AS props
 FROM events AS e FINAL
-LEFT JOIN customer_identities AS i ON i.workspace = e.workspace AND i.merged_id = e.customer_id
+LEFT JOIN customer_identities AS i
+    ON i.workspace = e.workspace AND i.merged_id = if(e.customer_id = '', e.anonymous_id, e.customer_id)
 SETTINGS type_json_skip_duplicated_paths = 1, date_time_input_format = 'best_effort', join_use_nulls = 0;
 
 -- Current customers (deleted ones left out), attributes typed as in events_typed.
