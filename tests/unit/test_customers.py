@@ -46,3 +46,50 @@ def test_row_round_trips_through_from_row():
     assert row["name"] == "A" and row["plan"] == "p"
     back = cust.CustomerState.from_row(row)
     assert back.attributes == s.attributes and back.version == s.version and back.created_at_ms == 3_000
+
+
+def arrays(field, op, items, received=3_000, cid="123"):
+    return model.customer_arrays(
+        workspace="acme", customer_id=cid, field=field, op=op, items=items, source="retainly", received_at_ms=received
+    ).value
+
+
+def merge_rec(primary, merged, kind="merge", received=9_000):
+    return model.customer_merge(
+        workspace="acme", customer_id=primary, merged_id=merged, kind=kind, source="customerio", received_at_ms=received
+    ).value
+
+
+def test_array_upsert_replaces_by_id_appends_without_and_creates_a_missing_customer():
+    s1 = cust.apply(None, model.CUSTOMER_ARRAYS, arrays("purchases", "upsert", [{"id": 1, "amount": 123}, {"id": 2, "amount": 111}]))
+    assert s1.attributes == {"purchases": [{"id": 1, "amount": 123}, {"id": 2, "amount": 111}]}
+    assert s1.created_at_ms == 3_000
+    s2 = cust.apply(s1, model.CUSTOMER_ARRAYS, arrays("purchases", "upsert", [{"id": "2", "amount": 5}, {"amount": 7}, {"id": 3}], received=4_000))
+    # "2" and 2 name the same item (clients send both); the one without an id is appended.
+    assert s2.attributes["purchases"] == [{"id": 1, "amount": 123}, {"id": "2", "amount": 5}, {"amount": 7}, {"id": 3}]
+    assert s2.version > s1.version
+
+
+def test_array_delete_by_ids_and_unknown_customer_or_field_is_a_no_op():
+    s1 = cust.apply(None, model.CUSTOMER_ARRAYS, arrays("purchases", "upsert", [{"id": 1}, {"id": 2}, {"note": "x"}]))
+    s2 = cust.apply(s1, model.CUSTOMER_ARRAYS, arrays("purchases", "delete", [2, 9], received=4_000))
+    assert s2.attributes["purchases"] == [{"id": 1}, {"note": "x"}]
+    assert cust.apply(None, model.CUSTOMER_ARRAYS, arrays("purchases", "delete", [1])) is None
+    assert cust.apply(s2, model.CUSTOMER_ARRAYS, arrays("bookings", "delete", [1])) is None
+
+
+def test_merge_fills_gaps_from_the_merged_customer_and_deletes_it():
+    a = cust.apply(None, model.CUSTOMER_UPSERT, upsert({"name": "A", "plan": "pro"}, created=2_000, cid="a"))
+    b = cust.apply(None, model.CUSTOMER_UPSERT, upsert({"name": "B", "email": "b@x.io"}, created=1_000, cid="b"))
+    primary, merged = cust.merge(a, b, merge_rec("a", "b"))
+    assert primary.customer_id == "a" and not primary.deleted
+    assert primary.attributes == {"name": "A", "plan": "pro", "email": "b@x.io"}  # the primary's own values win
+    assert primary.created_at_ms == 1_000  # the earlier sign-up
+    assert merged is not None and merged.customer_id == "b" and merged.deleted and merged.version > b.version
+
+
+def test_alias_links_without_deleting_and_creates_the_primary_if_needed():
+    anon = cust.apply(None, model.CUSTOMER_UPSERT, upsert({"plan": "free"}, cid="anon-1"))
+    primary, merged = cust.merge(None, anon, merge_rec("user-1", "anon-1", kind="alias"))
+    assert primary.customer_id == "user-1" and primary.attributes == {"plan": "free"}
+    assert merged is None
