@@ -1,4 +1,4 @@
-"""The ``goalstream`` command: ``up``, ``gateway``, ``worker``, ``sql``.
+"""The ``goalstream`` command: ``up``, ``gateway``, ``worker``, ``sql``, ``deadletter``.
 
 Each subcommand builds its service's settings object once (options override the
 environment variables named in INTERFACE.md), loads and validates the config file, and
@@ -58,6 +58,13 @@ def parser() -> argparse.ArgumentParser:
     _common(sql)
     sql.add_argument("query")
     sql.add_argument("--format", default="PrettyCompact", help="ClickHouse output format (JSONEachRow, CSV, Pretty, ...)")
+    dl = sub.add_parser("deadletter", help="list dead letters, or send them again")
+    _common(dl)
+    dl.add_argument("action", choices=["list", "replay"])
+    dl.add_argument("--id", action="append", dest="ids", help="a dead letter's id (repeatable)")
+    dl.add_argument("--stage", help="only this stage (events-sink, customers-sink, gateway:<dialect>, ...)")
+    dl.add_argument("--limit", type=int, default=1000)
+    dl.add_argument("--dry-run", action="store_true", dest="dry_run", help="replay: show what would be sent")
     return root
 
 
@@ -131,9 +138,72 @@ async def _worker(settings: WorkerSettings) -> int:
     return 0
 
 
+class QueryFailed(Exception):
+    """A read-only query could not be run; the message says why, for the user."""
+
+
+def _query(settings: CommonSettings, statement: str, fmt: str) -> bytes:
+    """Run a checked read-only statement: through the running stack if there is one
+    (it holds the embedded ClickHouse), else against ClickHouse directly."""
+    running = run_file_for(settings)
+    if running.is_file():
+        info = json.loads(running.read_text())
+        if _alive(info.get("pid")):
+            req = urllib.request.Request(
+                f"{info['url']}/admin/v1/sql?format={fmt}",
+                data=statement.encode(),
+                headers={"Authorization": f"Bearer {info['token']}"},
+                method="POST",
+            )
+            try:
+                with urllib.request.urlopen(req, timeout=300) as resp:
+                    return resp.read()
+            except urllib.error.HTTPError as exc:
+                body = exc.read().decode(errors="replace")
+                try:
+                    body = json.loads(body)["error"]["message"]
+                except (ValueError, KeyError, TypeError):
+                    pass
+                raise QueryFailed(body) from None
+            except urllib.error.URLError as exc:
+                raise QueryFailed(f"the running stack did not answer: {exc.reason}") from None
+    import clickhouse_connect
+
+    from schemas.warehouse import embedded_path, normalize_dsn
+
+    dsn = normalize_dsn(settings.clickhouse_dsn)
+    if (path := embedded_path(dsn)) is not None and not path.exists():
+        raise QueryFailed(f"no data at {dsn}; start the stack first (goalstream up)")
+    try:
+        client = clickhouse_connect.get_client(dsn=dsn)
+        # A server enforces read-only itself; chDB's setting would stick to the session.
+        extra = {} if dsn.startswith("chdb") else {"readonly": 1}
+        try:
+            return client.raw_query(statement, fmt=fmt, settings=extra)
+        finally:
+            client.close()
+    except Exception as exc:
+        raise QueryFailed(str(exc)) from None
+
+
+def run_file_for(settings: CommonSettings) -> Path:
+    from .stack import run_file
+
+    return run_file(settings.data_dir)
+
+
+def _running_kafka(settings: CommonSettings) -> str | None:
+    """The bootstrap servers of the stack running on this data dir, if one is."""
+    running = run_file_for(settings)
+    if running.is_file():
+        info = json.loads(running.read_text())
+        if _alive(info.get("pid")):
+            return info.get("kafka")
+    return None
+
+
 def _sql(settings: CommonSettings, query: str, fmt: str) -> int:
     from . import sqlguard
-    from .stack import run_file
 
     try:
         statement = sqlguard.check(query)
@@ -143,50 +213,40 @@ def _sql(settings: CommonSettings, query: str, fmt: str) -> int:
     if not sqlguard.FORMATS.match(fmt):
         print(f"goalstream sql: bad format {fmt!r}", file=sys.stderr)
         return 2
-    running = run_file(settings.data_dir)
-    if running.is_file():
-        info = json.loads(running.read_text())
-        if _alive(info.get("pid")):
-            # The running stack holds the embedded ClickHouse: ask it.
-            req = urllib.request.Request(
-                f"{info['url']}/admin/v1/sql?format={fmt}",
-                data=statement.encode(),
-                headers={"Authorization": f"Bearer {info['token']}"},
-                method="POST",
-            )
-            try:
-                with urllib.request.urlopen(req, timeout=300) as resp:
-                    sys.stdout.buffer.write(resp.read())
-                return 0
-            except urllib.error.HTTPError as exc:
-                body = exc.read().decode(errors="replace")
-                try:
-                    body = json.loads(body)["error"]["message"]
-                except (ValueError, KeyError, TypeError):
-                    pass
-                print(f"goalstream sql: {body}", file=sys.stderr)
-                return 1
-            except urllib.error.URLError as exc:
-                print(f"goalstream sql: the running stack did not answer: {exc.reason}", file=sys.stderr)
-                return 1
-    import clickhouse_connect
-
-    from schemas.warehouse import embedded_path, normalize_dsn
-
-    dsn = normalize_dsn(settings.clickhouse_dsn)
-    if (path := embedded_path(dsn)) is not None and not path.exists():
-        print(f"goalstream sql: no data at {dsn}; start the stack first (goalstream up)", file=sys.stderr)
-        return 1
     try:
-        client = clickhouse_connect.get_client(dsn=dsn)
-        # A server enforces read-only itself; chDB's setting would stick to the session.
-        extra = {} if dsn.startswith("chdb") else {"readonly": 1}
-        sys.stdout.buffer.write(client.raw_query(statement, fmt=fmt, settings=extra))
-        client.close()
-    except Exception as exc:
+        sys.stdout.buffer.write(_query(settings, statement, fmt))
+    except QueryFailed as exc:
         print(f"goalstream sql: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def _deadletter(settings: CommonSettings, args: argparse.Namespace) -> int:
+    from stream_processors import deadletters
+
+    sql = deadletters.select_sql(ids=args.ids, stage=args.stage, limit=args.limit, with_payload=args.action == "replay")
+    try:
+        rows = [json.loads(line) for line in _query(settings, sql, "JSONEachRow").splitlines() if line.strip()]
+    except QueryFailed as exc:
+        print(f"goalstream deadletter: {exc}", file=sys.stderr)
+        return 1
+    if args.action == "list":
+        for row in rows:
+            print(json.dumps(row))
+        return 0
+    if not args.ids and not args.stage:
+        print("goalstream deadletter replay: name what to replay with --id or --stage", file=sys.stderr)
+        return 2
+    plan = deadletters.plan(rows)
+    for row, why in plan.skipped:
+        print(f"skipped {row['id']}: {why}", file=sys.stderr)
+    if args.dry_run:
+        for item in plan.sends:
+            print(f"would send {item.id} to {item.topic}")
+        return 0
+    sent = asyncio.run(deadletters.send(_running_kafka(settings) or settings.kafka_bootstrap, plan.sends))
+    print(f"replayed {sent} of {len(rows)} dead letters ({len(plan.skipped)} not replayable)")
+    return 0 if not plan.skipped else 1
 
 
 def _alive(pid: Any) -> bool:
@@ -199,7 +259,9 @@ def _alive(pid: Any) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    cls = {"up": StackSettings, "gateway": GatewaySettings, "worker": WorkerSettings, "sql": CommonSettings}[args.command]
+    cls = {"up": StackSettings, "gateway": GatewaySettings, "worker": WorkerSettings, "sql": CommonSettings, "deadletter": CommonSettings}[
+        args.command
+    ]
     try:
         settings = _settings(cls, args)
         config = load_config(settings.config_path())
@@ -213,6 +275,8 @@ def main(argv: list[str] | None = None) -> int:
     _setup_logging(settings.log_level)
     if args.command == "sql":
         return _sql(settings, args.query, args.format)
+    if args.command == "deadletter":
+        return _deadletter(settings, args)
     runner = {"up": lambda: _up(settings, config), "gateway": lambda: _gateway(settings, config), "worker": lambda: _worker(settings)}
     try:
         return asyncio.run(runner[args.command]())

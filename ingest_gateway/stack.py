@@ -107,22 +107,25 @@ class Stack:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
-            json.dump({"pid": os.getpid(), "url": url, "token": self.token}, f)
+            json.dump({"pid": os.getpid(), "url": url, "token": self.token, "kafka": self.bootstrap}, f)
 
     async def _drain_processors(self) -> None:
-        """Wait until everything on the customer and event topics is in ClickHouse."""
+        """Wait until everything on the broker is in ClickHouse: customers and events
+        first, then the dead letters, which include any those two produced meanwhile."""
         if self.processors is None:
             return
-        try:
-            ends = await asyncio.wait_for(end_offsets(self.bootstrap, [topics.EVENTS, topics.CUSTOMERS]), 15)
-        except Exception as exc:
-            log.error("cannot read end offsets to drain (%r); records not yet stored may be lost", exc)
-            return
-        total = sum(ends.values())
-        if await self.processors.wait_caught_up(ends, self.settings.drain_timeout_s):
-            log.info("drained: %d records on the broker are all in ClickHouse", total)
-        else:
-            log.error("drain timed out after %.0fs; progress %s of %s", self.settings.drain_timeout_s, self.processors.progress, ends)
+        total = 0
+        for names in ([topics.EVENTS, topics.CUSTOMERS], [topics.DEADLETTER]):
+            try:
+                ends = await asyncio.wait_for(end_offsets(self.bootstrap, names), 15)
+            except Exception as exc:
+                log.error("cannot read end offsets to drain (%r); records not yet stored may be lost", exc)
+                return
+            total += sum(ends.values())
+            if not await self.processors.wait_caught_up(ends, self.settings.drain_timeout_s):
+                log.error("drain timed out after %.0fs; progress %s of %s", self.settings.drain_timeout_s, self.processors.progress, ends)
+                return
+        log.info("drained: %d records on the broker are all in ClickHouse", total)
 
     async def monitor(self, stop: asyncio.Event) -> None:
         """Watch the embedded broker: restart the stack's view if it dies, recycle it when it grows."""

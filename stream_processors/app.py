@@ -1,7 +1,9 @@
 """The stream processors: faust agents from Kafka into ClickHouse.
 
 Flow: ``goalstream.events`` -> events sink -> ClickHouse ``events``;
-``goalstream.customers`` -> customer state (merge, delete) -> ClickHouse ``customers``.
+``goalstream.customers`` -> customer state (upsert, delete, arrays, merges) -> ClickHouse
+``customers`` and ``customer_merges``; ``goalstream.deadletter`` -> ClickHouse
+``deadletters`` (the embedded broker keeps nothing across restarts; ClickHouse does).
 Each agent takes batches (``take_events``: acknowledged only after the batch body
 returns, i.e. after ClickHouse took it), decodes every message with the writer's schema
 named in its headers, sends what does not decode to ``goalstream.deadletter`` with the
@@ -42,6 +44,9 @@ EXPECTED = {
     topics.EVENTS: {model.EVENT},
     topics.CUSTOMERS: {model.CUSTOMER_UPSERT, model.CUSTOMER_DELETE, model.CUSTOMER_ARRAYS, model.CUSTOMER_MERGE},
 }
+DEADLETTER_COLUMNS = (
+    "id", "reason", "stage", "source_topic", "source_partition", "source_offset", "key", "value", "headers", "failed_at",
+)
 MERGE_COLUMNS = ("workspace", "customer_id", "merged_id", "kind", "source", "message_id", "merged_at")
 # After this many failed attempts a batch is split so one bad row cannot block the rest.
 ISOLATE_AFTER = 5
@@ -102,8 +107,15 @@ class Processors:
             async for batch in stream.take_events(s.batch_max, within=s.batch_within_s):
                 await self._handle(batch, "customers-sink", self._sink_customers)
 
+        deadletters = app.topic(topics.DEADLETTER, value_serializer="raw", key_serializer="raw")
+
+        async def deadletters_sink(stream):
+            async for batch in stream.take_events(s.batch_max, within=s.batch_within_s):
+                await self._store_deadletters(batch)
+
         app.agent(events, name="goalstream.events-sink")(events_sink)
         app.agent(customers, name="goalstream.customers-sink")(customers_sink)
+        app.agent(deadletters, name="goalstream.deadletters-sink")(deadletters_sink)
 
         @app.on_partitions_revoked.connect
         async def _revoked(sender: Any, revoked: Any, **kwargs: Any) -> None:
@@ -142,11 +154,46 @@ class Processors:
             good.append((msg, schema, record))
         if good:
             await self._with_retry(good, stage, sink)
+        self._advance(batch)
+
+    def _advance(self, batch: Sequence[Any]) -> None:
         for event in batch:
             msg = event.message
             key = (msg.topic, msg.partition)
             if msg.offset > self.progress.get(key, -1):
                 self.progress[key] = msg.offset
+
+    async def _store_deadletters(self, batch: Sequence[Any]) -> None:
+        """Dead letters into ClickHouse. There is nowhere further to send one that fails,
+        so this waits and retries until ClickHouse takes the batch; a message that is not
+        a DeadLetter record is stored too, raw, with that as its reason."""
+        rows = []
+        for event in batch:
+            msg = event.message
+            try:
+                schema, r = codec.decode(msg.value or b"", _headers(msg))
+                if schema != model.DEAD_LETTER:
+                    raise codec.SchemaError(f"{schema} does not belong on {msg.topic}")
+                rows.append([r[c] for c in DEADLETTER_COLUMNS])
+            except codec.SchemaError as exc:
+                # A deterministic id, so a replayed batch keeps its deduplication token.
+                raw_id = hashlib.blake2b((msg.value or b"") + f"/{msg.partition}/{msg.offset}".encode(), digest_size=16).hexdigest()
+                rows.append([
+                    raw_id, f"undecodable dead letter: {exc}", "deadletters-sink", msg.topic,
+                    msg.partition, msg.offset, msg.key, msg.value, dict(_headers(msg)), model.now_ms(),
+                ])
+        token = batch_token("deadletters", [e.message for e in batch], (str(r[0]) for r in rows))
+        attempt = 0
+        while True:
+            try:
+                await self.warehouse.insert("deadletters", rows, DEADLETTER_COLUMNS, token)
+                break
+            except WarehouseError as exc:
+                attempt += 1
+                delay = min(10.0, 0.2 * 2**attempt)
+                log.error("deadletters-sink: ClickHouse insert failed (%s); retry %d in %.1fs", exc, attempt, delay)
+                await asyncio.sleep(delay)
+        self._advance(batch)
 
     @staticmethod
     def _decode(msg: Any) -> tuple[str, dict[str, Any]]:
