@@ -29,6 +29,9 @@ from .health import Health
 log = logging.getLogger("goalstream.gateway")
 SERVICES = web.AppKey("services", Services)
 HEALTH = web.AppKey("health", Health)
+# Request lines up to 64 KB: trigger.ly sends its data base64-encoded in the query string,
+# and aiohttp's default (8190 bytes) would refuse a 6 KB payload with its own plain 400.
+MAX_LINE = 65536
 LOCAL_TOKEN = web.AppKey("local_token", str)  # the running stack's per-run token for `goalstream sql`
 
 

@@ -98,12 +98,12 @@ async def _gateway(settings: GatewaySettings, config: GoalstreamConfig) -> int:
 
     from schemas.kafka import ensure_topics
 
-    from .app import SERVICES, create_app
+    from .app import MAX_LINE, SERVICES, create_app
     from .stack import tls_context
 
     await ensure_topics(settings.kafka_bootstrap, settings.topic_partitions, settings.topic_replication)
     app = create_app(settings, config)
-    runner = web.AppRunner(app, access_log=None)
+    runner = web.AppRunner(app, access_log=None, max_line_size=MAX_LINE)
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.port)
     await site.start()

@@ -32,7 +32,7 @@ from schemas.settings import StackSettings
 from schemas.warehouse import Warehouse
 from stream_processors.app import Processors
 
-from .app import HEALTH, SERVICES, create_app
+from .app import HEALTH, MAX_LINE, SERVICES, create_app
 from .broker import EmbeddedBroker
 from .health import Health
 
@@ -90,7 +90,7 @@ class Stack:
         self.health.set("clickhouse", "up")
         await self._start_processors()
         self.app = create_app(s, self.config, warehouse=self.warehouse, health=self.health, local_token=self.token)
-        self.runner = web.AppRunner(self.app, access_log=None)
+        self.runner = web.AppRunner(self.app, access_log=None, max_line_size=MAX_LINE)
         await self.runner.setup()
         site = web.TCPSite(self.runner, s.host, s.port, shutdown_timeout=30.0)
         await site.start()

@@ -36,7 +36,7 @@ from .base import Dialect, identifier, json_response, text
 # request line, a GET cannot carry more than about 6 KB of decoded data anyway.)
 MAX_DATA_BYTES = 32 * 1024
 
-# The smallest transparent 1x1 GIF (43 bytes), as every tracking pixel serves it.
+# A transparent 1x1 GIF89a (42 bytes), the usual tracking pixel.
 PIXEL = base64.b64decode("R0lGODlhAQABAIAAAAAAAP///yH5BAEAAAAALAAAAAABAAEAAAIBRAA7")
 NO_CACHE = {
     "Cache-Control": "no-cache, no-store, must-revalidate, private",
@@ -48,6 +48,7 @@ USERS_PATH = "/v1/users/track"
 EVENTS_PATH = "/v1/events/track"
 
 _SLASH_DATE = re.compile(r"^\d{4}/\d{1,2}/\d{1,2}$")
+_ISO_START = re.compile(r"^\d{4}")  # RFC 2822 starts with a weekday or a 1-2 digit day
 # 1970 .. 2100, as for UNIX timestamps elsewhere: outside it a date is a mistake.
 _MIN_MS = 0
 _MAX_MS = 4_102_444_800_000
@@ -107,7 +108,7 @@ def parse_date(value: Any, param: str = "date") -> int | None:
     try:
         if _SLASH_DATE.match(s):
             dt = datetime.strptime(s, "%Y/%m/%d")
-        elif s[:1].isdigit():
+        elif _ISO_START.match(s):
             dt = datetime.fromisoformat(s)
         else:
             dt = parsedate_to_datetime(s)

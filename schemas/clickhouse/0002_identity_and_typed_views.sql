@@ -39,7 +39,7 @@ SELECT
 FROM events AS e FINAL
 LEFT JOIN customer_identities AS i
     ON i.workspace = e.workspace AND i.merged_id = if(e.customer_id = '', e.anonymous_id, e.customer_id)
-SETTINGS type_json_skip_duplicated_paths = 1, date_time_input_format = 'best_effort', join_use_nulls = 0;
+SETTINGS type_json_skip_duplicated_paths = 1, date_time_input_format = 'best_effort', input_format_try_infer_datetimes_only_datetime64 = 1, join_use_nulls = 0;
 
 -- Current customers (deleted ones left out), attributes typed as in events_typed.
 CREATE VIEW IF NOT EXISTS customers_typed AS
@@ -48,4 +48,4 @@ SELECT
     if(startsWith(attributes, '{') AND isValidJSON(attributes), attributes, '{}')::JSON AS attrs
 FROM customers FINAL
 WHERE is_deleted = 0
-SETTINGS type_json_skip_duplicated_paths = 1, date_time_input_format = 'best_effort';
+SETTINGS type_json_skip_duplicated_paths = 1, date_time_input_format = 'best_effort', input_format_try_infer_datetimes_only_datetime64 = 1;
