@@ -56,10 +56,40 @@ async def end_offsets(bootstrap: str, names: Sequence[str]) -> dict[tuple[str, i
         for name in names:
             for p in consumer.partitions_for_topic(name) or await _partitions(consumer, name):
                 tps.append(TopicPartition(name, p))
-        ends = await consumer.end_offsets(tps)
+        ends = await true_end_offsets(consumer, tps)
         return {(tp.topic, tp.partition): off for tp, off in ends.items()}
     finally:
         await consumer.stop()
+
+
+async def true_end_offsets(consumer: AIOKafkaConsumer, tps: Sequence[TopicPartition]) -> dict[TopicPartition, int]:
+    """End offsets (one past the last record), checked by reading the last record.
+
+    Some Kafka-compatible brokers (tansu 0.6 measured here) answer ListOffsets after a
+    multi-record batch with the batch's base offset + 1, not its last offset + 1. Trusting
+    that would end a drain before the rest of the batch was stored, so the record batch at
+    the reported end - 1 is fetched and its highest offset counts. On Apache Kafka the
+    fetch returns exactly the last record and changes nothing. ``consumer`` must not be
+    subscribed; its assignment is replaced.
+    """
+    ends = await consumer.end_offsets(list(tps))
+    probe = [tp for tp in tps if ends[tp] > 0]
+    if not probe:
+        return dict(ends)
+    consumer.assign(probe)
+    for tp in probe:
+        consumer.seek(tp, ends[tp] - 1)
+    pending, out = set(probe), dict(ends)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 5.0
+    while pending and loop.time() < deadline:
+        batch = await consumer.getmany(*pending, timeout_ms=500)
+        for tp, msgs in batch.items():
+            if msgs:
+                out[tp] = max(out[tp], msgs[-1].offset + 1)
+                pending.discard(tp)
+    # A partition that returned nothing (its last offset is a control record) keeps the reported end.
+    return out
 
 
 async def _partitions(consumer: AIOKafkaConsumer, name: str) -> set[int]:

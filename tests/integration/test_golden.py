@@ -32,6 +32,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from ingest_gateway.app import create_app
 from schemas import codec, topics
+from schemas.kafka import true_end_offsets
 from schemas.config import parse_config
 from schemas.settings import GatewaySettings
 from tests.conftest import globex_config
@@ -81,7 +82,8 @@ async def reader(broker):
 
 
 async def new_records(consumer, tps, since):
-    ends = await consumer.end_offsets(tps)
+    ends = await true_end_offsets(consumer, tps)
+    consumer.assign(tps)
     out = []
     for tp in tps:
         if ends[tp] <= since[tp]:
@@ -129,7 +131,8 @@ def build_request(req: dict) -> tuple[dict, bytes | None]:
 async def test_golden(fixture, client, reader):
     case = json.loads(fixture.read_text())
     consumer, tps = reader
-    since = await consumer.end_offsets(tps)
+    since = await true_end_offsets(consumer, tps)
+    consumer.assign(tps)
     req, expected = case["request"], case["response"]
     headers, body = build_request(req)
     resp = await client.request(req["method"], req["path"], headers=headers, data=body)
