@@ -79,7 +79,7 @@ def decode(raw: bytes) -> dict[str, Any]:
                 child = want()
                 node[part] = child
             elif not isinstance(child, want):
-                raise FormError(f"form key {key!r} uses {'.'.join(parts[: i + 1])!r} both as a value and as a {'list' if want is list else 'object'}")
+                raise FormError(f"form key {key!r} uses {'.'.join(parts[: i + 1])!r} both as a value and as {'a list' if want is list else 'an object'}")
             node = child
         last = parts[-1]
         if last == "":

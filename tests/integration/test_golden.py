@@ -16,6 +16,7 @@ A fixture file::
      "records": [{"schema", "topic", "key", "value"}, ...]}
 
 JSON-in-a-string fields of a record (properties, attributes, items) are compared parsed.
+Records are listed by topic, then partition (two in tests), then offset.
 """
 
 from __future__ import annotations
@@ -99,7 +100,7 @@ async def new_records(consumer, tps, since):
                 for field in ("timestamp", "received_at", "created_at", "failed_at"):
                     if hasattr(value.get(field), "timestamp"):
                         value[field] = int(value[field].timestamp() * 1000)
-                out.append({"schema": schema, "topic": msg.topic, "key": msg.key.decode(), "value": value, "offset": (tp.partition, msg.offset)})
+                out.append({"schema": schema, "topic": msg.topic, "key": msg.key.decode(), "value": value, "offset": (msg.topic, tp.partition, msg.offset)})
     out.sort(key=lambda r: r["offset"])
     for r in out:
         del r["offset"]
