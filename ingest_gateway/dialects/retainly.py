@@ -349,28 +349,15 @@ class Retainly(Dialect):
         return json_response(f"{len(records)} customer(s) deleted")
 
     async def upsert_arrays(self, request: web.Request) -> web.Response:
-        workspace, body = await self._body(request)
-        if problems := check_array_upserts(body):
-            raise _refuse(problems)
-        received = model.now_ms()
-        records = [
-            model.customer_arrays(
-                workspace=workspace,
-                customer_id=str(r["customer_id"]),
-                field=r["field"],
-                op="upsert",
-                items=r["data"],
-                source=self.name,
-                received_at_ms=received,
-            )
-            for r in body["records"]
-        ]
-        await self.services.publish(records)
-        return json_response(f"{len(records)} array record(s) saved")
+        return await self._arrays(request, check_array_upserts, "upsert", "data", "saved")
 
     async def delete_arrays(self, request: web.Request) -> web.Response:
+        return await self._arrays(request, check_array_deletes, "delete", "ids", "deleted")
+
+    async def _arrays(self, request: web.Request, check: Any, op: str, items_key: str, verb: str) -> web.Response:
+        """POST and DELETE /arrays: one ``customer_arrays`` record per request record."""
         workspace, body = await self._body(request)
-        if problems := check_array_deletes(body):
+        if problems := check(body):
             raise _refuse(problems)
         received = model.now_ms()
         records = [
@@ -378,15 +365,15 @@ class Retainly(Dialect):
                 workspace=workspace,
                 customer_id=str(r["customer_id"]),
                 field=r["field"],
-                op="delete",
-                items=r["ids"],
+                op=op,
+                items=r[items_key],
                 source=self.name,
                 received_at_ms=received,
             )
             for r in body["records"]
         ]
         await self.services.publish(records)
-        return json_response(f"{len(records)} array record(s) deleted")
+        return json_response(f"{len(records)} array record(s) {verb}")
 
     async def create_event(self, request: web.Request) -> web.Response:
         workspace, body = await self._body(request)
