@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hmac
 import logging
-from typing import AsyncIterator, Iterable
+from typing import Any, AsyncIterator, Awaitable, Callable, Iterable
 
 from aiohttp import web
 
@@ -33,6 +33,9 @@ HEALTH = web.AppKey("health", Health)
 # and aiohttp's default (8190 bytes) would refuse a 6 KB payload with its own plain 400.
 MAX_LINE = 65536
 LOCAL_TOKEN = web.AppKey("local_token", str)  # the running stack's per-run token for `goalstream sql`
+# The embedded stack's scorer: train (one goal or all) and rescore, for `goalstream train`.
+Trainer = Callable[[str | None], Awaitable[list[dict[str, Any]]]]
+TRAINER = web.AppKey("trainer", object)
 
 
 def _error_for(exc: web.HTTPException) -> errors.GatewayError:
@@ -80,17 +83,36 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 
-async def admin_sql(request: web.Request) -> web.Response:
-    """Run one read-only query; body is the SQL, ``?format=`` the ClickHouse output format."""
+def _is_admin(request: web.Request) -> bool:
+    """The running stack's per-run token (``goalstream sql``/``train``) or any admin_token."""
     services = request.app[SERVICES]
     local_token: str | None = request.app.get(LOCAL_TOKEN)
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
     token = token.strip()
-    ok = scheme.lower() in ("bearer", "token") and bool(token) and (
+    return scheme.lower() in ("bearer", "token") and bool(token) and (
         (local_token is not None and hmac.compare_digest(token.encode(), local_token.encode()))
         or services.credentials.match("admin_token", token) is not None
     )
-    if not ok:
+
+
+async def admin_train(request: web.Request) -> web.Response:
+    """Train each goal's model (``?goal=`` for one), start scoring with it, rescore."""
+    if not _is_admin(request):
+        return json_response({"error": {"type": "api_authentication_error", "message": "an admin token is required"}}, 401)
+    trainer = request.app.get(TRAINER)
+    if trainer is None:
+        return json_response({"error": {"type": "api_error", "message": "this gateway runs no scorer; run goalstream train against ClickHouse"}}, 503)
+    goal = request.query.get("goal") or None
+    config = request.app[SERVICES].config
+    if goal is not None and not any(g.name == goal for g in config.goals):
+        return json_response({"error": {"type": "api_invalid_request_error", "message": f"no goal named {goal!r}", "param": "goal"}}, 400)
+    return json_response({"data": await trainer(goal), "object": "training"})
+
+
+async def admin_sql(request: web.Request) -> web.Response:
+    """Run one read-only query; body is the SQL, ``?format=`` the ClickHouse output format."""
+    services = request.app[SERVICES]
+    if not _is_admin(request):
         return json_response({"error": {"type": "api_authentication_error", "message": "an admin token is required"}}, 401)
     fmt = request.query.get("format", "PrettyCompact")
     if not sqlguard.FORMATS.match(fmt):
@@ -118,22 +140,27 @@ def create_app(
     health: Health | None = None,
     local_token: str | None = None,
     producer: RecordProducer | None = None,
+    trainer: Trainer | None = None,
+    models: Any = None,
 ) -> web.Application:
     """Build the gateway. ``warehouse``: a shared, already open one (else opened here)."""
     producer = producer or RecordProducer(
         settings.kafka_bootstrap, idempotence=settings.kafka_idempotence, timeout_s=settings.produce_timeout_s
     )
-    services = Services(config=config, credentials=Credentials(config), producer=producer, warehouse=warehouse)
+    services = Services(config=config, credentials=Credentials(config), producer=producer, warehouse=warehouse, models=models)
     dialects = [d(services) for d in DIALECTS]
     app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[_error_middleware(dialects)])
     app[SERVICES] = services
     app[HEALTH] = health or Health()
     if local_token:
         app[LOCAL_TOKEN] = local_token
+    if trainer is not None:
+        app[TRAINER] = trainer
     for d in dialects:
         app.router.add_routes(d.routes())
     app.router.add_get("/healthz", healthz, allow_head=True)
     app.router.add_post("/admin/v1/sql", admin_sql)
+    app.router.add_post("/admin/v1/train", admin_train)
 
     async def producer_ctx(app: web.Application) -> AsyncIterator[None]:
         await producer.start()

@@ -1,4 +1,4 @@
-"""The ``goalstream`` command: ``up``, ``gateway``, ``worker``, ``sql``, ``deadletter``.
+"""The ``goalstream`` command: ``up``, ``gateway``, ``worker``, ``sql``, ``train``, ``deadletter``.
 
 Each subcommand builds its service's settings object once (options override the
 environment variables named in INTERFACE.md), loads and validates the config file, and
@@ -15,6 +15,7 @@ import os
 import signal
 import sys
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -58,6 +59,10 @@ def parser() -> argparse.ArgumentParser:
     _common(sql)
     sql.add_argument("query")
     sql.add_argument("--format", default="PrettyCompact", help="ClickHouse output format (JSONEachRow, CSV, Pretty, ...)")
+    tr = sub.add_parser("train", help="train the goals' propensity models and rescore active customers")
+    _common(tr)
+    tr.add_argument("--goal", help="only this goal (default: every goal)")
+    tr.add_argument("--json", action="store_true", help="print the result as JSON")
     dl = sub.add_parser("deadletter", help="list dead letters, or send them again")
     _common(dl)
     dl.add_argument("action", choices=["list", "replay"])
@@ -119,7 +124,7 @@ async def _gateway(settings: GatewaySettings, config: GoalstreamConfig) -> int:
     return 0
 
 
-async def _worker(settings: WorkerSettings) -> int:
+async def _worker(settings: WorkerSettings, config: GoalstreamConfig) -> int:
     from schemas.kafka import ensure_topics
     from schemas.warehouse import Warehouse
     from stream_processors.app import Processors
@@ -127,7 +132,7 @@ async def _worker(settings: WorkerSettings) -> int:
     await ensure_topics(settings.kafka_bootstrap, settings.topic_partitions, settings.topic_replication)
     warehouse = await Warehouse(settings.clickhouse_dsn).open()
     await warehouse.migrate()
-    processors = Processors(settings, warehouse)
+    processors = Processors(settings, warehouse, config)
     await processors.start()
     print("goalstream worker ready", flush=True)
     try:
@@ -221,6 +226,72 @@ def _sql(settings: CommonSettings, query: str, fmt: str) -> int:
     return 0
 
 
+def _train(settings: WorkerSettings, config: GoalstreamConfig, goal: str | None, as_json: bool) -> int:
+    if not config.goals:
+        print("goalstream train: the config defines no goals", file=sys.stderr)
+        return 2
+    if goal is not None and not any(g.name == goal for g in config.goals):
+        print(f"goalstream train: no goal named {goal!r} (have: {', '.join(g.name for g in config.goals)})", file=sys.stderr)
+        return 2
+    running = run_file_for(settings)
+    info = json.loads(running.read_text()) if running.is_file() else {}
+    try:
+        if _alive(info.get("pid")):
+            # The running stack holds the embedded ClickHouse and the scorer: it trains and rescores.
+            url = f"{info['url']}/admin/v1/train" + (f"?goal={urllib.parse.quote(goal)}" if goal else "")
+            req = urllib.request.Request(url, data=b"", method="POST", headers={"Authorization": f"Bearer {info['token']}"})
+            with urllib.request.urlopen(req, timeout=3600) as resp:
+                results = json.loads(resp.read())["data"]
+        else:
+            results = asyncio.run(_train_direct(settings, config, goal))
+    except urllib.error.HTTPError as exc:
+        print(f"goalstream train: {exc.read().decode(errors='replace')}", file=sys.stderr)
+        return 1
+    except Exception as exc:
+        print(f"goalstream train: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    if as_json:
+        print(json.dumps(results, indent=2))
+        return 0
+    for r in results:
+        auc = "n/a" if r["holdout_auc"] is None else f"{r['holdout_auc']:.3f}"
+        line = (
+            f"{r['workspace']}/{r['goal']}: {r['kind']} model {r['version']}, training size {r['training_customers']} "
+            f"customers ({r['positives']} reached, base rate {r['base_rate']:.3f}), holdout AUC {auc}"
+        )
+        if r["kind"] == "base_rate":
+            line += " (not enough labelled customers yet: scoring with the base rate)"
+        if "rescored" in r:
+            line += f"; {r['rescored']} active customers rescored"
+        else:
+            line += "; running workers rescore active customers when they pick it up"
+        print(line)
+    return 0
+
+
+async def _train_direct(settings: WorkerSettings, config: GoalstreamConfig, goal: str | None) -> list[dict]:
+    """No stack on this data dir: train against ClickHouse and store; workers pick it up."""
+    from schemas.warehouse import Warehouse
+    from stream_processors import goals, propensity, scoring
+
+    warehouse = await Warehouse(settings.clickhouse_dsn).open()
+    try:
+        await warehouse.migrate()
+        out = []
+        now = goals.now_ms()
+        for g in config.goals:
+            if goal is not None and g.name != goal:
+                continue
+            labelled = await goals.labelled(warehouse, g.workspace, g, now)
+            names = [a.event_name for a in g.actions]
+            m = propensity.train(g.workspace, g.name, g.window_days, names, labelled, now_ms=now)
+            await scoring.store_model(warehouse, m)
+            out.append(scoring.summary(m))
+        return out
+    finally:
+        await warehouse.close()
+
+
 def _deadletter(settings: CommonSettings, args: argparse.Namespace) -> int:
     from stream_processors import deadletters
 
@@ -259,7 +330,7 @@ def _alive(pid: Any) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    cls = {"up": StackSettings, "gateway": GatewaySettings, "worker": WorkerSettings, "sql": CommonSettings, "deadletter": CommonSettings}[
+    cls = {"up": StackSettings, "gateway": GatewaySettings, "worker": WorkerSettings, "sql": CommonSettings, "deadletter": CommonSettings, "train": WorkerSettings}[
         args.command
     ]
     try:
@@ -277,7 +348,9 @@ def main(argv: list[str] | None = None) -> int:
         return _sql(settings, args.query, args.format)
     if args.command == "deadletter":
         return _deadletter(settings, args)
-    runner = {"up": lambda: _up(settings, config), "gateway": lambda: _gateway(settings, config), "worker": lambda: _worker(settings)}
+    if args.command == "train":
+        return _train(settings, config, args.goal, args.json)
+    runner = {"up": lambda: _up(settings, config), "gateway": lambda: _gateway(settings, config), "worker": lambda: _worker(settings, config)}
     try:
         return asyncio.run(runner[args.command]())
     except Exception as exc:  # one clear line, the traceback in the log at debug

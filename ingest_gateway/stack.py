@@ -31,6 +31,7 @@ from schemas.kafka import end_offsets, ensure_topics
 from schemas.settings import StackSettings
 from schemas.warehouse import Warehouse
 from stream_processors.app import Processors
+from stream_processors.goals import ModelStore
 
 from .app import HEALTH, MAX_LINE, SERVICES, create_app
 from .broker import EmbeddedBroker
@@ -61,6 +62,13 @@ class Stack:
         self.app: web.Application | None = None
         self.token = secrets.token_urlsafe(32)
         self._recycling = asyncio.Lock()
+        self.models: ModelStore | None = None
+
+    async def _train(self, goal: str | None) -> list[dict]:
+        """``goalstream train`` while the stack runs: the stack's scorer trains and rescores."""
+        if self.processors is None:
+            raise RuntimeError("the processors are not running")
+        return await self.processors.scorer.train(goal)
 
     @property
     def bootstrap(self) -> str:
@@ -77,7 +85,7 @@ class Stack:
         await ensure_topics(self.bootstrap, s.topic_partitions, s.topic_replication)
 
     async def _start_processors(self) -> None:
-        self.processors = Processors(self.settings, self.warehouse)
+        self.processors = Processors(self.settings, self.warehouse, self.config, models=self.models)
         await self.processors.start()
         self.health.set("processors", "running")
 
@@ -88,8 +96,13 @@ class Stack:
         self.warehouse = await Warehouse(s.clickhouse_dsn).open()
         await self.warehouse.migrate()
         self.health.set("clickhouse", "up")
+        # One model store for the scorer and the API, so both serve a new model at once.
+        self.models = ModelStore(self.warehouse, ttl_s=s.model_refresh_s)
         await self._start_processors()
-        self.app = create_app(s, self.config, warehouse=self.warehouse, health=self.health, local_token=self.token)
+        self.app = create_app(
+            s, self.config, warehouse=self.warehouse, health=self.health, local_token=self.token,
+            trainer=self._train, models=self.models,
+        )
         self.runner = web.AppRunner(self.app, access_log=None, max_line_size=MAX_LINE)
         await self.runner.setup()
         site = web.TCPSite(self.runner, s.host, s.port, shutdown_timeout=30.0)

@@ -79,6 +79,13 @@ class WorkerSettings(CommonSettings):
     # How many recent message ids a worker remembers to drop a resent event before it is
     # inserted (ReplacingMergeTree on message_id collapses any that get past, under FINAL).
     dedup_window: int = Field(default=200_000, ge=0, validation_alias=_env("dedup_window", "GOALSTREAM_DEDUP_WINDOW"))
+    # Scoring: a likelihood is published when it first exists or moves by at least this much.
+    propensity_threshold: float = Field(default=0.05, ge=0, le=1, validation_alias=_env("propensity_threshold", "GOALSTREAM_PROPENSITY_THRESHOLD"))
+    # How often a worker looks for models trained elsewhere (and refreshes base rates).
+    model_refresh_s: float = Field(default=10.0, gt=0, validation_alias=_env("model_refresh_s", "GOALSTREAM_MODEL_REFRESH_S"))
+    # Scheduled retraining of every goal's model; 0 turns it off (then run `goalstream train`).
+    retrain_interval_s: float = Field(default=21_600.0, ge=0, validation_alias=_env("retrain_interval_s", "GOALSTREAM_RETRAIN_INTERVAL_S"))
+    score_cache_size: int = Field(default=500_000, ge=0, validation_alias=_env("score_cache_size", "GOALSTREAM_SCORE_CACHE_SIZE"))
 
 
 class StackSettings(GatewaySettings, WorkerSettings):

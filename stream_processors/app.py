@@ -4,6 +4,9 @@ Flow: ``goalstream.events`` -> events sink -> ClickHouse ``events``;
 ``goalstream.customers`` -> customer state (upsert, delete, arrays, merges) -> ClickHouse
 ``customers`` and ``customer_merges``; ``goalstream.deadletter`` -> ClickHouse
 ``deadletters`` (the embedded broker keeps nothing across restarts; ClickHouse does).
+After the events or customers sink stored a batch, the scoring processor
+(``scoring.Scorer``) rescores the customers it touched, in every goal of their workspace,
+and publishes propensity changes and recommended actions.
 Each agent takes batches (``take_events``: acknowledged only after the batch body
 returns, i.e. after ClickHouse took it), decodes every message with the writer's schema
 named in its headers, sends what does not decode to ``goalstream.deadletter`` with the
@@ -29,12 +32,14 @@ from typing import Any, Awaitable, Callable, Iterable, Sequence
 import faust
 
 from schemas import codec, model, topics
+from schemas.config import GoalstreamConfig
 from schemas.kafka import KafkaUnavailable, RecordProducer
 from schemas.model import Record
 from schemas.settings import WorkerSettings
 from schemas.warehouse import Warehouse, WarehouseError
 
 from . import customers as cust
+from .scoring import Scorer
 from .errors import BadRecord
 
 log = logging.getLogger("goalstream.processors")
@@ -68,14 +73,18 @@ def batch_token(stage: str, messages: Sequence[Any], ids: Iterable[str]) -> str:
 
 
 class Processors:
-    def __init__(self, settings: WorkerSettings, warehouse: Warehouse):
+    def __init__(self, settings: WorkerSettings, warehouse: Warehouse, config: GoalstreamConfig, models: Any = None):
         self.settings = settings
         self.warehouse = warehouse
+        self.config = config
         self.progress: dict[tuple[str, int], int] = {}
         self.cache: OrderedDict[tuple[str, str], cust.CustomerState] = OrderedDict()
         self.seen: OrderedDict[tuple[str, str], None] = OrderedDict()  # recent (workspace, message_id)
-        self.deadletters = RecordProducer(settings.kafka_bootstrap, idempotence=False)
+        # Dead letters, propensity changes and recommended actions all go out through this one.
+        # Not idempotent: what it sends carries deterministic ids, so a retry duplicate is recognisable.
+        self.producer = RecordProducer(settings.kafka_bootstrap, idempotence=False)
         self.app = self._make_app()
+        self.scorer = Scorer(settings, config, warehouse, self.producer, is_leader=self._owns_partition_zero, models=models)
 
     # -- faust wiring ------------------------------------------------------------------
 
@@ -124,19 +133,30 @@ class Processors:
 
         return app
 
+    def _owns_partition_zero(self) -> bool:
+        """One worker of the group does the group-wide jobs (rescoring after a model change,
+        scheduled retraining): the one that holds partition 0 of the events topic."""
+        try:
+            assigned = self.app.consumer.assignment()
+        except Exception:  # not started, or between rebalances
+            return False
+        return any(tp.topic == topics.EVENTS and tp.partition == 0 for tp in assigned)
+
     async def start(self) -> None:
         (self.settings.data_dir / "faust").mkdir(parents=True, exist_ok=True)
-        await self.deadletters.start()
+        await self.producer.start()
         await self.app.start()
+        await self.scorer.start()
 
     async def stop(self, timeout: float = 30.0) -> None:
+        await self.scorer.stop()
         # Bounded: with the broker gone, faust's final commit could wait forever.
         try:
             await asyncio.wait_for(self.app.stop(), timeout)
         except asyncio.TimeoutError:
             log.error("processors did not stop within %.0fs (broker unreachable?); leaving anyway", timeout)
         try:
-            await asyncio.wait_for(self.deadletters.stop(), 10)
+            await asyncio.wait_for(self.producer.stop(), 10)
         except asyncio.TimeoutError:
             log.error("dead-letter producer did not flush within 10s")
 
@@ -260,7 +280,7 @@ class Processors:
         record = Record(model.DEAD_LETTER, topics.DEADLETTER, msg.key or b"", value)
         while True:
             try:
-                await self.deadletters.publish([record])
+                await self.producer.publish([record])
                 return
             except KafkaUnavailable as exc:
                 # Not acknowledging the source message is the only safe choice here.
@@ -283,6 +303,10 @@ class Processors:
         token = batch_token("events", [g[0] for g in good], (r["message_id"] for _, _, r in good))
         if rows:
             await self.warehouse.insert("events", rows, EVENT_COLUMNS, token)
+            touched: dict[str, set[str]] = {}
+            for _msg, _schema, r in good:
+                touched.setdefault(r["workspace"], set()).add(r["customer_id"] or r["anonymous_id"])
+            await self.scorer.score_with_retry(touched, "event", token)
         if self.settings.dedup_window:
             self.seen.update(fresh)
             while len(self.seen) > self.settings.dedup_window:
@@ -334,6 +358,11 @@ class Processors:
         if merges:
             # After the customers: a replay re-sends both, and each insert is deduplicated by its token.
             await self.warehouse.insert("customer_merges", merges, MERGE_COLUMNS, token + "-merges")
+        if touched:
+            by_ws: dict[str, set[str]] = {}
+            for ws, cid in touched:
+                by_ws.setdefault(ws, set()).add(cid)
+            await self.scorer.score_with_retry(by_ws, "customer", token)
         # Only now, with the rows stored, does the cache move forward.
         limit = self.settings.customer_cache_size
         for k, state in touched.items():

@@ -61,8 +61,9 @@ def free_port() -> int:
 class StackProcess:
     """``goalstream up`` as a user runs it, in a subprocess with its own ports and data dir."""
 
-    def __init__(self, workdir: Path, extra_args: list[str] | None = None):
+    def __init__(self, workdir: Path, extra_args: list[str] | None = None, config: str | None = None):
         self.workdir = workdir
+        self.config = config if config is not None else globex_config()
         self.port = free_port()
         self.kafka_port = free_port()
         self.extra = extra_args or []
@@ -76,7 +77,7 @@ class StackProcess:
 
     def start(self, timeout: float = 90.0) -> "StackProcess":
         self.workdir.mkdir(parents=True, exist_ok=True)
-        (self.workdir / "goalstream.toml").write_text(globex_config())
+        (self.workdir / "goalstream.toml").write_text(self.config)
         cmd = [str(GOALSTREAM), "up", "--port", str(self.port), "--kafka-port", str(self.kafka_port), *self.extra]
         self.proc = subprocess.Popen(
             cmd, cwd=self.workdir, stdout=subprocess.PIPE, stderr=open(self.err_path, "ab"), text=True

@@ -38,6 +38,7 @@ class Services:
     credentials: Credentials
     producer: RecordProducer
     warehouse: Warehouse | None
+    models: Any = None  # stream_processors.goals.ModelStore: the embedded scorer's, else made on first use
     draining: bool = False
     inflight: int = 0
 
@@ -95,6 +96,15 @@ class Services:
                 break
             ids += frontier
         return ids
+
+    def model_store(self) -> Any:
+        if self.warehouse is None or not self.warehouse.is_open:
+            raise errors.Unavailable("reads are not available on this gateway", retry_after=5)
+        if self.models is None:
+            from stream_processors.goals import ModelStore
+
+            self.models = ModelStore(self.warehouse)
+        return self.models
 
     async def read(self, sql: str, parameters: dict[str, Any]) -> list[dict[str, Any]]:
         if self.warehouse is None or not self.warehouse.is_open:

@@ -20,6 +20,8 @@ import orjson
 from aiohttp import web
 
 from schemas import model
+from schemas.warehouse import WarehouseError
+from stream_processors import goals
 
 from .. import errors
 from .base import Dialect, identifier, json_response, limit_param, parse_json, read_body, text, unix_seconds
@@ -91,6 +93,9 @@ class Traitly(Dialect):
                 web.post(f"{base}/customer", self.create_customers),
                 web.get(f"{base}/customer", self.list_customers, allow_head=False),
             ]
+        # The seed's curl example says recommended-next-action (singular): both work.
+        for path in ("/api/v1/recommended-next-actions", "/api/v1/recommended-next-action"):
+            r.append(web.get(path, self.recommended_next_actions, allow_head=False))
         return r
 
     # -- shared request handling -------------------------------------------------------
@@ -277,6 +282,46 @@ class Traitly(Dialect):
             data.append(shown)
         metadata = {"next_cursor": _encode_cursor([page[-1]["customer_id"]])} if more else {}
         return json_response({"data": data, "metadata": metadata, "retrieved": _now_s(), "object": "customer"})
+
+    # -- goals -------------------------------------------------------------------------
+
+    async def recommended_next_actions(self, request: web.Request) -> web.Response:
+        """The customer's likelihood in a goal and the goal's actions ranked by importance,
+        computed now from ClickHouse with the goal's current model (as the scorer does)."""
+        self.check_accept(request)
+        workspace = self.authenticate(request)
+        customer_id = identifier(request.query.get("customer_id"), "customer_id")
+        goal_name = request.query.get("goal_name")
+        goals_here = self.services.config.goals_of(workspace)
+        if goal_name:
+            goal = next((g for g in goals_here if g.name == goal_name), None)
+            if goal is None:
+                raise errors.InvalidRequest(f"no goal named '{goal_name}' in this workspace", param="goal_name")
+        elif goals_here:
+            goal = goals_here[0]  # the seed marks goal_name optional: the workspace's first goal
+        else:
+            raise errors.InvalidRequest("this workspace has no goals; give 'goal_name'", param="goal_name")
+        store = self.services.model_store()
+        now = goals.now_ms()
+        try:
+            states = await goals.load_states(self.services.warehouse, self.services.config, workspace, [customer_id], now)
+            state = next((x for x in states if x.goal.name == goal.name), None)
+            if state is None:
+                raise errors.NotFound(f"no customer with customer_id '{customer_id}'", param="customer_id")
+            model_ = await store.get(workspace, goal)
+        except WarehouseError as exc:
+            raise errors.Unavailable("the warehouse is not answering; retry shortly", retry_after=5) from exc
+        a = goals.assess(state, model_, now)
+        body = {
+            "data": a.actions,
+            "likelihood": a.likelihood,
+            "meta": {"customer_id": customer_id, "goal_name": goal.name},
+            "timestamp": now // 1000,
+            "object": "recommended-next-actions",
+        }
+        # The body keeps the seed's shape; which model answered (a trained one, or the
+        # goal's base rate while there is too little labelled data) is said in a header.
+        return json_response(body, headers={"X-Goalstream-Model": f"{a.model_kind} {a.model_version}"})
 
     # -- errors ------------------------------------------------------------------------
 

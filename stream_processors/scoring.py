@@ -1,0 +1,344 @@
+"""The scoring processor: a live propensity per customer and goal, and recommended actions.
+
+Flow: a sink stores a batch in ClickHouse -> it hands the customers the batch touched to
+``Scorer.score`` -> ``goals.load_states`` recomputes their goal states from ClickHouse ->
+``goals.assess`` with the goal's model -> every score into ClickHouse (``propensity_scores``,
+with ``goal_status`` and ``goal_aggregates`` for analysts) -> when a likelihood first
+exists or moves by at least the threshold (or the goal is reached by a customer we had
+scored), a ``GoalPropensityChange`` on ``goalstream.propensity`` and, for an active
+customer, a ``RecommendedNextActions`` on ``goalstream.recommendations``.
+
+``train`` fits each goal's model on the customers whose outcome is known, stores it in
+``propensity_models`` and rescores the goal's active customers. A background loop picks
+up models trained elsewhere and retrains on a schedule; only the worker that owns
+partition 0 of ``goalstream.events`` does either, so scaled-out workers do not repeat it.
+
+Records are published before the scores are stored and their ids are derived from the
+batch that caused them, so a replayed batch republishes the same ids (receivers can
+deduplicate) and nothing is announced that was not published.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import uuid
+from collections import OrderedDict
+from datetime import datetime, timezone
+from typing import Any, Callable
+
+import orjson
+
+from schemas import model, topics
+from schemas.config import Goal, GoalstreamConfig
+from schemas.kafka import KafkaUnavailable, RecordProducer
+from schemas.model import Record
+from schemas.settings import WorkerSettings
+from schemas.warehouse import Warehouse, WarehouseError
+
+from . import goals as g
+from . import propensity
+
+log = logging.getLogger("goalstream.scoring")
+
+PROPENSITY_CHANGE = "goalstream.GoalPropensityChange"
+RECOMMENDED_ACTIONS = "goalstream.RecommendedNextActions"
+CHUNK = 2000
+SCORE_COLUMNS = (
+    "workspace", "goal", "customer_id", "scored_at", "likelihood", "previous_likelihood", "published",
+    "status", "model_version", "model_kind", "trigger", "drivers", "message_id",
+)
+STATUS_COLUMNS = ("workspace", "goal", "customer_id", "status", "entered_at", "window_end", "reached_at", "plan", "updated_at", "version")
+AGG_COLUMNS = ("workspace", "goal", "customer_id", "event_name", "window_count", "total_count", "updated_at", "version")
+MODEL_COLUMNS = ("workspace", "goal", "version", "kind", "trained_at", "n_customers", "n_positive", "base_rate", "auc", "model")
+
+
+def _dt(ms: int) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc)
+
+
+def _message_id(*parts: str) -> str:
+    return str(uuid.UUID(bytes=hashlib.blake2b("|".join(parts).encode(), digest_size=16).digest()))
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return "" if value is None else str(value)
+
+
+def _token(*parts: str) -> str:
+    return hashlib.blake2b("|".join(parts).encode(), digest_size=16).hexdigest()
+
+
+class Scorer:
+    def __init__(
+        self,
+        settings: WorkerSettings,
+        config: GoalstreamConfig,
+        warehouse: Warehouse,
+        producer: RecordProducer,
+        is_leader: Callable[[], bool] = lambda: True,
+        models: g.ModelStore | None = None,
+    ):
+        self.settings = settings
+        self.config = config
+        self.warehouse = warehouse
+        self.producer = producer
+        self.is_leader = is_leader
+        self.models = models or g.ModelStore(warehouse, ttl_s=settings.model_refresh_s)
+        # The last published likelihood per (workspace, goal, customer); None = never.
+        self.last: OrderedDict[tuple[str, str, str], float | None] = OrderedDict()
+        self.versions: dict[tuple[str, str], str] = {}
+        self._lock = asyncio.Lock()  # the two sinks may touch one customer at once
+        self._task: asyncio.Task | None = None
+        self.scored = 0
+        self.published = 0
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self.versions = await self._stored_versions()
+        if self.config.goals:
+            self._task = asyncio.create_task(self._background(), name="goalstream-scoring-background")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except (asyncio.CancelledError, Exception):
+                pass
+            self._task = None
+
+    async def _background(self) -> None:
+        """Pick up models trained elsewhere; retrain on schedule (leader only)."""
+        loop = asyncio.get_running_loop()
+        last_train = loop.time()
+        while True:
+            await asyncio.sleep(self.settings.model_refresh_s)
+            try:
+                if not self.is_leader():
+                    continue
+                stored = await self._stored_versions()
+                for key, version in stored.items():
+                    if self.versions.get(key) != version:
+                        self.versions[key] = version
+                        goal = self._goal(*key)
+                        if goal is not None:
+                            log.info("new model %s for %s/%s: rescoring active customers", version, *key)
+                            self.models.put(await self.models.load(key[0], goal))
+                            await self.rescore(key[0], goal, f"model:{version}")
+                interval = self.settings.retrain_interval_s
+                if interval > 0 and loop.time() - last_train >= interval:
+                    last_train = loop.time()
+                    await self.train()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("scoring background task failed; trying again later")
+
+    async def _stored_versions(self) -> dict[tuple[str, str], str]:
+        rows = await self.warehouse.rows(
+            "SELECT workspace, goal, argMax(version, trained_at) AS version FROM propensity_models GROUP BY workspace, goal", {}
+        )
+        return {(r["workspace"], r["goal"]): r["version"] for r in rows}
+
+    def _goal(self, workspace: str, name: str) -> Goal | None:
+        return next((x for x in self.config.goals_of(workspace) if x.name == name), None)
+
+    # -- scoring -----------------------------------------------------------------------
+
+    async def score(self, touched: dict[str, set[str]], trigger: str, token: str) -> int:
+        """Score every goal of each touched customer; returns how many scores were made."""
+        n = 0
+        for workspace, ids in touched.items():
+            if not self.config.goals_of(workspace):
+                continue
+            ordered = sorted(i for i in ids if i)
+            for start in range(0, len(ordered), CHUNK):
+                chunk = ordered[start : start + CHUNK]
+                async with self._lock:
+                    n += await self._score_chunk(workspace, chunk, trigger, f"{token}/{start}")
+        return n
+
+    async def _score_chunk(self, workspace: str, ids: list[str], trigger: str, token: str) -> int:
+        now = g.now_ms()
+        states = await g.load_states(self.warehouse, self.config, workspace, ids, now)
+        if not states:
+            return 0
+        await self._load_last(workspace, {s.customer_id for s in states})
+        threshold = self.settings.propensity_threshold
+        records: list[Record] = []
+        scores, statuses, aggs, published = [], [], [], {}
+        version = now * 1000
+        for s in states:
+            m = await self.models.get(workspace, s.goal)
+            a = g.assess(s, m, now)
+            key = (workspace, s.goal.name, s.customer_id)
+            prev = self.last.get(key)
+            if a.status == "active":
+                publish = prev is None or abs(a.likelihood - prev) >= threshold
+            elif a.status == "reached":
+                publish = prev is not None and prev != 1.0  # tell whoever saw it active, once
+            else:
+                publish = False
+            mid = _message_id(token, workspace, s.goal.name, s.customer_id)
+            if publish:
+                records += self._records(s, a, prev, mid, now)
+                published[key] = a.likelihood
+            if a.status == "active" or publish:
+                scores.append([
+                    workspace, s.goal.name, s.customer_id, _dt(now), a.likelihood, prev, 1 if publish else 0,
+                    a.status, a.model_version, a.model_kind, trigger, orjson.dumps(a.drivers).decode(), mid,
+                ])
+            statuses.append([
+                workspace, s.goal.name, s.customer_id, a.status, _dt(s.entered_at_ms), _dt(s.window_end_ms),
+                _dt(s.reached_at_ms) if s.reached_at_ms is not None else None,
+                str(s.attributes.get("plan") or ""), _dt(now), version,
+            ])
+            for name, total in s.total_counts.items():
+                aggs.append([workspace, s.goal.name, s.customer_id, name, s.window_counts.get(name, 0), total, _dt(now), version])
+        if records:
+            await self.producer.publish(records)  # first: never store "published" for what was not
+        tok = _token(token, workspace, trigger)
+        if scores:
+            await self.warehouse.insert("propensity_scores", scores, SCORE_COLUMNS, f"scores-{tok}")
+        await self.warehouse.insert("goal_status", statuses, STATUS_COLUMNS, f"status-{tok}")
+        if aggs:
+            await self.warehouse.insert("goal_aggregates", aggs, AGG_COLUMNS, f"aggs-{tok}")
+        for key, likelihood in published.items():
+            self._remember(key, likelihood)
+        self.scored += len(scores)
+        self.published += len(published)
+        return len(scores)
+
+    def _records(self, s: g.GoalState, a: g.Assessment, prev: float | None, mid: str, now: int) -> list[Record]:
+        key = model.partition_key(s.workspace, s.customer_id)
+        change = {
+            "message_id": mid,
+            "workspace": s.workspace,
+            "customer_id": s.customer_id,
+            "goal_name": s.goal.name,
+            "likelihood": a.likelihood,
+            "previous_likelihood": prev,
+            "status": a.status,
+            "model_version": a.model_version,
+            "model_kind": a.model_kind,
+            "drivers": [
+                {"feature": str(d["feature"]), "value": _text(d.get("value")), "contribution": float(d["contribution"])}
+                for d in a.drivers
+            ],
+            "goal_days_left": a.goal_days_left,
+            "timestamp": now,
+        }
+        out = [Record(PROPENSITY_CHANGE, topics.PROPENSITY, key, change)]
+        if a.status == "active":
+            actions = {
+                "message_id": mid,
+                "workspace": s.workspace,
+                "customer_id": s.customer_id,
+                "goal_name": s.goal.name,
+                "likelihood": a.likelihood,
+                "model_version": a.model_version,
+                "model_kind": a.model_kind,
+                "actions": a.actions,
+                "timestamp": now,
+            }
+            out.append(Record(RECOMMENDED_ACTIONS, topics.RECOMMENDATIONS, key, actions))
+        return out
+
+    async def _load_last(self, workspace: str, ids: set[str]) -> None:
+        """The last published likelihoods, from ClickHouse for customers not in the cache."""
+        goals = [x.name for x in self.config.goals_of(workspace)]
+        missing = sorted({cid for cid in ids if any((workspace, goal, cid) not in self.last for goal in goals)})
+        if not missing:
+            return
+        rows = await self.warehouse.rows(
+            "SELECT goal, customer_id, argMax(likelihood, scored_at) AS l FROM propensity_scores "
+            "WHERE workspace = {ws:String} AND customer_id IN {ids:Array(String)} AND published = 1 "
+            "GROUP BY goal, customer_id",
+            {"ws": workspace, "ids": missing},
+        )
+        found = {(workspace, r["goal"], r["customer_id"]): float(r["l"]) for r in rows}
+        for cid in missing:
+            for goal in goals:
+                self._remember((workspace, goal, cid), found.get((workspace, goal, cid)))
+
+    def _remember(self, key: tuple[str, str, str], likelihood: float | None) -> None:
+        self.last[key] = likelihood
+        self.last.move_to_end(key)
+        while len(self.last) > self.settings.score_cache_size:
+            self.last.popitem(last=False)
+
+    async def score_with_retry(self, touched: dict[str, set[str]], trigger: str, token: str) -> None:
+        """Used by the sinks after a batch is stored: wait out ClickHouse or Kafka outages
+        (the batch is not acknowledged meanwhile). A bug in scoring is logged, not allowed
+        to stop ingestion: scores can be recomputed (``goalstream train`` rescores)."""
+        attempt = 0
+        while True:
+            try:
+                await self.score(touched, trigger, token)
+                return
+            except (WarehouseError, KafkaUnavailable) as exc:
+                attempt += 1
+                delay = min(10.0, 0.2 * 2**attempt)
+                log.warning("scoring failed (%s); retry %d in %.1fs", exc, attempt, delay)
+                await asyncio.sleep(delay)
+            except Exception:
+                log.exception("scoring a %s batch failed; its customers keep their previous scores", trigger)
+                return
+
+    # -- training ----------------------------------------------------------------------
+
+    async def rescore(self, workspace: str, goal: Goal, token: str) -> int:
+        rows = await self.warehouse.rows(
+            "SELECT customer_id FROM goal_customers WHERE workspace = {ws:String} AND goal = {g:String} AND status = 'active'",
+            {"ws": workspace, "g": goal.name},
+        )
+        ids = {r["customer_id"] for r in rows}
+        return await self.score({workspace: ids}, "retrain", token) if ids else 0
+
+    async def train(self, goal_name: str | None = None, rescore: bool = True) -> list[dict[str, Any]]:
+        """Fit, store and start using each goal's model (or the one named); then rescore."""
+        summaries = []
+        now = g.now_ms()
+        loop = asyncio.get_running_loop()
+        for goal in self.config.goals:
+            if goal_name is not None and goal.name != goal_name:
+                continue
+            labelled = await g.labelled(self.warehouse, goal.workspace, goal, now)
+            names = [a.event_name for a in goal.actions]
+            # CPU-bound: off the event loop.
+            m = await loop.run_in_executor(
+                None, lambda: propensity.train(goal.workspace, goal.name, goal.window_days, names, labelled, now_ms=now)
+            )
+            await store_model(self.warehouse, m)
+            self.models.put(m)
+            self.versions[(goal.workspace, goal.name)] = m.version
+            rescored = await self.rescore(goal.workspace, goal, f"model:{m.version}") if rescore else 0
+            summaries.append(summary(m, rescored))
+            log.info("trained %s/%s: %s", goal.workspace, goal.name, summaries[-1])
+        return summaries
+
+
+async def store_model(warehouse: Warehouse, m: propensity.Model) -> None:
+    row = [m.workspace, m.goal, m.version, m.kind, _dt(m.trained_at_ms), m.n_customers, m.n_positive, m.base_rate, m.auc, m.to_json()]
+    await warehouse.insert("propensity_models", [row], MODEL_COLUMNS, None)
+
+
+def summary(m: propensity.Model, rescored: int | None = None) -> dict[str, Any]:
+    out = {
+        "workspace": m.workspace,
+        "goal": m.goal,
+        "kind": m.kind,
+        "version": m.version,
+        "training_customers": m.n_customers,
+        "positives": m.n_positive,
+        "base_rate": round(m.base_rate, 4),
+        "holdout_auc": None if m.auc is None else round(m.auc, 4),
+    }
+    if rescored is not None:
+        out["rescored"] = rescored
+    return out
