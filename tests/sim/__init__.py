@@ -1,0 +1,1 @@
+"""A simulated customer population with known ground-truth propensity (issue 4)."""
