@@ -165,8 +165,8 @@ def _attributes(raw: str) -> dict[str, Any]:
 async def labelled(
     warehouse: Warehouse, workspace: str, goal: Goal, now_ms: int, limit: int = 200_000
 ) -> list[propensity.Labelled]:
-    """The goal's customers whose outcome is known (reached, or window over), newest sign-ups
-    first up to ``limit``, with their events inside the window (merged ids' included)."""
+    """The goal's customers whose window is over (so the outcome is known either way), newest
+    sign-ups first up to ``limit``, with their events inside the window (merged ids' included)."""
     customers = await warehouse.rows(
         "SELECT customer_id, toUnixTimestamp64Milli(created_at) AS entered, attributes FROM customers FINAL "
         "WHERE workspace = {ws:String} AND is_deleted = 0 AND created_at <= fromUnixTimestamp64Milli({now:Int64}) "
@@ -198,9 +198,11 @@ async def labelled(
         events = by_customer.get(c["customer_id"], {})
         inside = {name: sorted(t for t in ts if entered <= t < end) for name, ts in events.items()}
         targets = inside.pop(goal.target_event, [])
+        if now_ms < end:
+            # Only customers whose window is over: taking the early converters of open
+            # windows but not their peers who have not converted yet would bias the model up.
+            continue
         reached = targets[0] if targets else None
-        if reached is None and now_ms < end:
-            continue  # still active: outcome unknown
         out.append(
             propensity.Labelled(
                 customer_id=c["customer_id"],
