@@ -61,8 +61,9 @@ def free_port() -> int:
 class StackProcess:
     """``goalstream up`` as a user runs it, in a subprocess with its own ports and data dir."""
 
-    def __init__(self, workdir: Path, extra_args: list[str] | None = None, config: str | None = None):
+    def __init__(self, workdir: Path, extra_args: list[str] | None = None, config: str | None = None, env: dict[str, str] | None = None):
         self.workdir = workdir
+        self.env = {**os.environ, **(env or {})}
         self.config = config if config is not None else globex_config()
         self.port = free_port()
         self.kafka_port = free_port()
@@ -80,7 +81,7 @@ class StackProcess:
         (self.workdir / "goalstream.toml").write_text(self.config)
         cmd = [str(GOALSTREAM), "up", "--port", str(self.port), "--kafka-port", str(self.kafka_port), *self.extra]
         self.proc = subprocess.Popen(
-            cmd, cwd=self.workdir, stdout=subprocess.PIPE, stderr=open(self.err_path, "ab"), text=True
+            cmd, cwd=self.workdir, stdout=subprocess.PIPE, stderr=open(self.err_path, "ab"), text=True, env=self.env
         )
         ready = threading.Event()
 

@@ -243,3 +243,16 @@ def test_latency_from_post_to_propensity_record(goal_stack, population):
     p50, p99 = statistics.median(lat), lat[min(len(lat) - 1, int(round(0.99 * (len(lat) - 1))))]
     print(f"\nPOST -> propensity record on the topic, {len(lat)} events: p50 {p50:.0f} ms, p99 {p99:.0f} ms")
     assert p50 < 5000
+
+
+def test_scheduled_retrain(tmp_path):
+    """The stack retrains on its own schedule (here every 4 s) and starts scoring with it."""
+    s = StackProcess(tmp_path / "sched", config=GOALS_CONFIG, env={"GOALSTREAM_RETRAIN_INTERVAL_S": "4", "GOALSTREAM_MODEL_REFRESH_S": "1"}).start()
+    try:
+        pop = sim.generate(600, 20, 5, int(time.time() * 1000))
+        asyncio.run(simulate.send(s.url, "tk_live_123", pop))
+        wait_for(lambda: s.sql("SELECT count() FROM propensity_models WHERE kind = 'logistic'").strip() != "0", timeout=60)
+        wait_for(lambda: s.sql("SELECT count() FROM propensity_scores WHERE model_kind = 'logistic' AND trigger = 'retrain'").strip() != "0", timeout=30)
+    finally:
+        s.terminate(60)
+        s.kill()
