@@ -1,4 +1,5 @@
-"""The ``goalstream`` command: ``up``, ``gateway``, ``worker``, ``sql``, ``train``, ``deadletter``.
+"""The ``goalstream`` command: ``up``, ``gateway``, ``worker``, ``dispatcher``, ``sql``,
+``train``, ``deadletter``, ``webhooks``.
 
 Each subcommand builds its service's settings object once (options override the
 environment variables named in INTERFACE.md), loads and validates the config file, and
@@ -55,6 +56,14 @@ def parser() -> argparse.ArgumentParser:
     _http(gw)
     wk = sub.add_parser("worker", help="run the stream processors alone (scaled out)")
     _common(wk)
+    dp = sub.add_parser("dispatcher", help="run the webhook dispatcher alone (scaled out)")
+    _common(dp)
+    wh = sub.add_parser("webhooks", help="webhook deliveries that failed: list them, or send them again")
+    _common(wh)
+    wh.add_argument("action", choices=["list", "replay"])
+    wh.add_argument("--id", action="append", dest="ids", help="a failed delivery's dead-letter id (repeatable; default: all)")
+    wh.add_argument("--limit", type=int, default=1000)
+    wh.add_argument("--dry-run", action="store_true", dest="dry_run")
     sql = sub.add_parser("sql", help="run a read-only query against ClickHouse")
     _common(sql)
     sql.add_argument("query")
@@ -121,6 +130,25 @@ async def _gateway(settings: GatewaySettings, config: GoalstreamConfig) -> int:
     await _stop_event().wait()
     app[SERVICES].draining = True
     await runner.cleanup()
+    return 0
+
+
+async def _dispatcher(settings: CommonSettings, config: GoalstreamConfig) -> int:
+    from schemas.kafka import ensure_topics
+    from schemas.warehouse import Warehouse
+    from stream_processors.dispatcher import Dispatcher
+
+    await ensure_topics(settings.kafka_bootstrap, settings.topic_partitions, settings.topic_replication)
+    warehouse = await Warehouse(settings.clickhouse_dsn).open()
+    await warehouse.migrate()
+    dispatcher = Dispatcher(settings, config, warehouse)
+    await dispatcher.start()
+    print("goalstream dispatcher ready", flush=True)
+    try:
+        await _stop_event().wait()
+    finally:
+        await dispatcher.stop()
+        await warehouse.close()
     return 0
 
 
@@ -306,7 +334,7 @@ def _deadletter(settings: CommonSettings, args: argparse.Namespace) -> int:
             print(json.dumps(row))
         return 0
     if not args.ids and not args.stage:
-        print("goalstream deadletter replay: name what to replay with --id or --stage", file=sys.stderr)
+        print(f"goalstream {args.command} replay: name what to replay with --id or --stage", file=sys.stderr)
         return 2
     plan = deadletters.plan(rows)
     for row, why in plan.skipped:
@@ -330,7 +358,8 @@ def _alive(pid: Any) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    cls = {"up": StackSettings, "gateway": GatewaySettings, "worker": WorkerSettings, "sql": CommonSettings, "deadletter": CommonSettings, "train": WorkerSettings}[
+    cls = {"up": StackSettings, "gateway": GatewaySettings, "worker": WorkerSettings, "sql": CommonSettings, "deadletter": CommonSettings, "train": WorkerSettings,
+        "dispatcher": CommonSettings, "webhooks": CommonSettings}[
         args.command
     ]
     try:
@@ -348,9 +377,15 @@ def main(argv: list[str] | None = None) -> int:
         return _sql(settings, args.query, args.format)
     if args.command == "deadletter":
         return _deadletter(settings, args)
+    if args.command == "webhooks":
+        # Failed deliveries are dead letters of stage "dispatcher"; replaying one sends it
+        # back through the dispatcher to the endpoint it failed for.
+        args.stage = "dispatcher"
+        return _deadletter(settings, args)
     if args.command == "train":
         return _train(settings, config, args.goal, args.json)
-    runner = {"up": lambda: _up(settings, config), "gateway": lambda: _gateway(settings, config), "worker": lambda: _worker(settings, config)}
+    runner = {"up": lambda: _up(settings, config), "gateway": lambda: _gateway(settings, config), "worker": lambda: _worker(settings, config),
+              "dispatcher": lambda: _dispatcher(settings, config)}
     try:
         return asyncio.run(runner[args.command]())
     except Exception as exc:  # one clear line, the traceback in the log at debug

@@ -31,6 +31,7 @@ from schemas.kafka import end_offsets, ensure_topics
 from schemas.settings import StackSettings
 from schemas.warehouse import Warehouse
 from stream_processors.app import Processors
+from stream_processors.dispatcher import Dispatcher
 from stream_processors.goals import ModelStore
 
 from .app import HEALTH, MAX_LINE, SERVICES, create_app
@@ -63,6 +64,7 @@ class Stack:
         self.token = secrets.token_urlsafe(32)
         self._recycling = asyncio.Lock()
         self.models: ModelStore | None = None
+        self.dispatcher: Dispatcher | None = None
 
     async def _train(self, goal: str | None) -> list[dict]:
         """``goalstream train`` while the stack runs: the stack's scorer trains and rescores."""
@@ -88,6 +90,18 @@ class Stack:
         self.processors = Processors(self.settings, self.warehouse, self.config, models=self.models)
         await self.processors.start()
         self.health.set("processors", "running")
+        self.dispatcher = Dispatcher(self.settings, self.config, self.warehouse)
+        await self.dispatcher.start()
+        self.health.set("dispatcher", "running")
+
+    async def _stop_processors(self) -> None:
+        if self.dispatcher is not None:
+            await self.dispatcher.stop()
+            self.dispatcher = None
+            log.debug("dispatcher stopped")
+        if self.processors is not None:
+            await self.processors.stop()
+            log.debug("processors stopped")
 
     async def start(self) -> list[str]:
         s = self.settings
@@ -138,6 +152,18 @@ class Stack:
             if not await self.processors.wait_caught_up(ends, self.settings.drain_timeout_s):
                 log.error("drain timed out after %.0fs; progress %s of %s", self.settings.drain_timeout_s, self.processors.progress, ends)
                 return
+        # Then the dispatcher stores a delivery for every propensity record (it retries from ClickHouse).
+        if self.dispatcher is not None:
+            try:
+                ends = await asyncio.wait_for(end_offsets(self.bootstrap, [topics.PROPENSITY, topics.RECOMMENDATIONS]), 15)
+            except Exception as exc:
+                log.error("cannot read end offsets to drain the dispatcher (%r)", exc)
+                return
+            total += sum(ends.values())
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + self.settings.drain_timeout_s
+            while not self.dispatcher.caught_up(ends) and loop.time() < deadline:
+                await asyncio.sleep(0.05)
         log.info("drained: %d records on the broker are all in ClickHouse", total)
 
     async def monitor(self, stop: asyncio.Event) -> None:
@@ -170,7 +196,7 @@ class Stack:
                 await services.wait_idle()
                 await services.producer.flush()
                 await self._drain_processors()
-                await self.processors.stop()
+                await self._stop_processors()
                 await services.producer.stop()
                 await self.broker.stop()
                 await self._start_broker()
@@ -189,9 +215,7 @@ class Stack:
             log.debug("gateway stopped")
         if self.broker is not None and self.broker.running:
             await self._drain_processors()
-        if self.processors is not None:
-            await self.processors.stop()
-            log.debug("processors stopped")
+        await self._stop_processors()
         if self.warehouse is not None:
             await self.warehouse.close()
             log.debug("warehouse closed")

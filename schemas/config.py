@@ -83,18 +83,31 @@ class Webhook(_Strict):
     objects: list[Literal["goal-propensity-change", "recommended-next-actions"]] = Field(
         default_factory=lambda: ["goal-propensity-change", "recommended-next-actions"]
     )
-    secret: SecretStr
+    # One signing secret, or several during a rotation (each signs; receivers accept any).
+    secret: SecretStr | list[SecretStr]
 
     @field_validator("secret")
     @classmethod
-    def _whsec(cls, v: SecretStr) -> SecretStr:
-        if not v.get_secret_value().startswith("whsec_"):
-            raise ValueError("a Standard Webhooks signing secret starts with 'whsec_'")
+    def _whsec(cls, v: SecretStr | list[SecretStr]) -> SecretStr | list[SecretStr]:
+        for one in v if isinstance(v, list) else [v]:
+            if not one.get_secret_value().startswith("whsec_"):
+                raise ValueError("a Standard Webhooks signing secret starts with 'whsec_'")
+        if isinstance(v, list) and not v:
+            raise ValueError("give at least one signing secret")
         return v
+
+    def secrets(self) -> list[str]:
+        return [s.get_secret_value() for s in (self.secret if isinstance(self.secret, list) else [self.secret])]
+
+    @property
+    def endpoint_id(self) -> str:
+        """Stable across restarts and config reordering: the workspace and URL."""
+        return "ep_" + hashlib.sha256(f"{self.workspace}\n{self.url}".encode()).hexdigest()[:16]
 
 
 class Dispatcher(_Strict):
     allow_private_targets: bool = False
+    timeout_seconds: float = Field(default=15.0, gt=0, le=300)
     retry_schedule_seconds: list[float] = Field(
         default_factory=lambda: [5, 300, 1800, 7200, 18000, 36000, 50400, 72000, 86400]
     )

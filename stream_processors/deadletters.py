@@ -5,6 +5,8 @@ Flow: ClickHouse ``deadletters`` (stored by the processors from ``goalstream.dea
 (key, value, headers), so the processors take it as if it had just arrived. Only records
 that came from a goalstream topic can be replayed; a request the gateway refused (stage
 ``gateway:<dialect>``) was invalid input and is listed for people to look at, not resent.
+A failed webhook delivery (stage ``dispatcher``) goes back onto its propensity or
+recommendations topic carrying its endpoint, so it is delivered again to that endpoint.
 """
 
 from __future__ import annotations
@@ -16,7 +18,10 @@ from typing import Any, Iterable
 from schemas import topics
 from schemas.kafka import RecordProducer
 
-REPLAYABLE = {topics.EVENTS, topics.CUSTOMERS}
+REPLAYABLE = {topics.EVENTS, topics.CUSTOMERS, topics.PROPENSITY, topics.RECOMMENDATIONS}
+# Marks a replayed message with its dead letter's id: the dispatcher makes a new delivery
+# of it (to the one endpoint it failed for) instead of taking it for one it has seen.
+REPLAY_HEADER = "goalstream-replay"
 
 
 def _quote(value: str) -> str:
@@ -68,7 +73,8 @@ def plan(rows: Iterable[dict[str, Any]]) -> Plan:
                 topic=row["source_topic"],
                 key=None if int(row["key_null"]) else base64.b64decode(row["key_b64"]),
                 value=base64.b64decode(row["value_b64"]),
-                headers=[(k, base64.b64decode(v)) for k, v in row["headers_b64"].items()],
+                headers=[(k, base64.b64decode(v)) for k, v in row["headers_b64"].items() if k != REPLAY_HEADER]
+                + [(REPLAY_HEADER, str(row["id"]).encode())],
             )
         )
     return out

@@ -34,7 +34,7 @@ def test_ready_line_and_healthz(stack):
     with urllib.request.urlopen(f"{stack.url}/healthz", timeout=5) as r:
         health = json.loads(r.read())
     assert r.status == 200
-    assert health["components"] == {"broker": "embedded", "clickhouse": "up", "processors": "running", "gateway": "up"}
+    assert health["components"] == {"broker": "embedded", "clickhouse": "up", "processors": "running", "dispatcher": "running", "gateway": "up"}
 
 
 def test_seed_curl_examples_round_trip(stack):
