@@ -13,6 +13,7 @@ import base64
 import hashlib
 import hmac
 import json
+import subprocess
 import threading
 import time
 import uuid
@@ -23,10 +24,14 @@ from aiohttp import web
 
 from schemas import model, topics
 from schemas.kafka import RecordProducer
-from tests.conftest import StackProcess, free_port, globex_config, wait_for
+from tests.conftest import GOALSTREAM, StackProcess, free_port, globex_config, wait_for
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 OLD_SECRET = "whsec_dGhlIHByZXZpb3VzIHNlY3JldCBrZXkh"
+
+
+def goalstream(stack: StackProcess, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([str(GOALSTREAM), *args], cwd=stack.workdir, capture_output=True, text=True, timeout=120)
 
 
 def reference_verify(secret: str, headers: dict, body: bytes) -> bool:
@@ -178,6 +183,19 @@ def test_410_disables_the_endpoint(hook_stack, receivers):
     time.sleep(3)
     assert len(receivers.of("/gone")) == 1  # nothing more is sent to it
     wait_for(lambda: hook_stack.sql("SELECT count() FROM webhook_deliveries FINAL WHERE workspace = 'w-gone' AND status = 'failed'").strip() == "3")
+
+
+def test_a_failed_delivery_is_replayed_to_its_endpoint(hook_stack, receivers):
+    """`goalstream webhooks replay --id`: the dead-lettered delivery goes to that endpoint again
+    (here the one that answered 410, which the replay turns back on: it answers 410 again)."""
+    letters = wait_for(lambda: [json.loads(x) for x in goalstream(hook_stack, "webhooks", "list").stdout.splitlines()
+                                if "/gone" in json.loads(x)["reason"]], timeout=20)
+    before = len(receivers.of("/gone"))
+    out = goalstream(hook_stack, "webhooks", "replay", "--id", letters[0]["id"])
+    assert out.returncode == 0 and "replayed 1 of 1" in out.stdout, out.stderr
+    wait_for(lambda: len(receivers.of("/gone")) == before + 1, timeout=20)
+    replayed = receivers.of("/gone")[-1]
+    assert reference_verify(SECRET, replayed["headers"], replayed["body"])
 
 
 def test_429_retry_after_is_honoured(hook_stack, receivers):
