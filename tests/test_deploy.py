@@ -11,14 +11,14 @@ from schemas.config import load_config
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 
 
-def test_compose_file_has_the_four_services():
+def test_compose_file_has_the_five_services():
     yaml = pytest.importorskip("yaml")
     compose = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())
     services = compose["services"]
-    assert {"kafka", "clickhouse", "gateway", "worker"} <= set(services)
+    assert {"kafka", "clickhouse", "gateway", "worker", "dispatcher"} <= set(services)
     assert services["kafka"]["image"].startswith("apache/kafka")
     assert services["clickhouse"]["image"].startswith("clickhouse/clickhouse-server")
-    for name in ("gateway", "worker"):
+    for name in ("gateway", "worker", "dispatcher"):
         service = services[name]
         assert service["command"][:2] == ["goalstream", name]
         assert service["build"]["dockerfile"] == "deploy/Dockerfile"
