@@ -87,12 +87,16 @@ class Stack:
         await ensure_topics(self.bootstrap, s.topic_partitions, s.topic_replication)
 
     async def _start_processors(self) -> None:
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
         self.processors = Processors(self.settings, self.warehouse, self.config, models=self.models)
         await self.processors.start()
         self.health.set("processors", "running")
+        t1 = loop.time()
         self.dispatcher = Dispatcher(self.settings, self.config, self.warehouse)
         await self.dispatcher.start()
         self.health.set("dispatcher", "running")
+        log.info("processors started in %.1fs, dispatcher in %.1fs", t1 - t0, loop.time() - t1)
 
     async def _stop_processors(self) -> None:
         if self.dispatcher is not None:

@@ -237,7 +237,8 @@ class Dispatcher:
             max_poll_interval_ms=300_000,
         )
         self.consumer.subscribe([topics.PROPENSITY, topics.RECOMMENDATIONS], listener=_Rebalance(self))
-        await self.consumer.start()
+        # Joining the group can take seconds (a broker waits for other members); the stack
+        # need not wait for it: records stay on the topics until we are in.
         self._runner = [
             asyncio.create_task(self._consume(), name="goalstream-dispatcher-consume"),
             asyncio.create_task(self._send_loop(), name="goalstream-dispatcher-send"),
@@ -276,6 +277,15 @@ class Dispatcher:
 
     async def _consume(self) -> None:
         assert self.consumer is not None
+        while True:
+            try:
+                await self.consumer.start()
+                break
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("dispatcher cannot reach Kafka yet (%r); retrying", exc)
+                await asyncio.sleep(1.0)
         while True:
             try:
                 batch = await self.consumer.getmany(timeout_ms=500, max_records=1000)
