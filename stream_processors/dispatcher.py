@@ -21,6 +21,7 @@ on every attempt of a message.
 from __future__ import annotations
 
 import asyncio
+import base64
 import email.utils
 import hashlib
 import heapq
@@ -170,8 +171,10 @@ class Delivery:
 
     @classmethod
     def from_row(cls, r: dict[str, Any]) -> "Delivery":
+        """From a row whose body, record and header values were selected base64-encoded."""
+
         def b(v: Any) -> bytes:
-            return v if isinstance(v, bytes) else str(v).encode("latin-1", errors="replace")
+            return base64.b64decode(v)
 
         return cls(
             delivery_id=r["delivery_id"], workspace=r["workspace"], endpoint_id=r["endpoint_id"], url=r["url"],
@@ -380,8 +383,13 @@ class Dispatcher:
         """Pending deliveries of the partitions we now own, from ClickHouse, in order."""
         if not assigned:
             return
+        # Bytes columns come back base64-encoded: a String read as text would not survive
+        # a non-UTF-8 Avro record, or be re-encoded differently from what was signed.
+        binary = {"body", "record"}
+        cols = [f"base64Encode({c}) AS {c}" if c in binary else c for c in DELIVERY_COLUMNS]
+        cols[DELIVERY_COLUMNS.index("headers")] = "mapApply((k, v) -> (k, base64Encode(v)), headers) AS headers"
         rows = await self.warehouse.rows(
-            f"SELECT {', '.join(DELIVERY_COLUMNS)} FROM webhook_deliveries FINAL WHERE status = 'pending' "
+            f"SELECT {', '.join(cols)} FROM webhook_deliveries FINAL WHERE status = 'pending' "
             "AND (source_topic, source_partition) IN {tps:Array(Tuple(String, Int32))} "
             "ORDER BY created_at, source_partition, source_offset",
             {"tps": sorted(assigned)},

@@ -259,7 +259,7 @@ def test_kill_mid_retry_then_restart_delivers_each_once_in_order(tmp_path, recei
     hooks = {"w-crash": receivers.url("/fail-first-two/a"), "w-crash2": receivers.url("/fail-first-two/b")}
     work = tmp_path / "crash"
     s = StackProcess(work, config=webhooks_config(receivers, hooks, schedule=(4, 4, 4))).start()
-    records = [change(ws, f"cust{c}", round(0.1 * k + 0.01 * c, 3)) for k in range(1, 5) for c in range(3) for ws in hooks]
+    records = [change(ws, f"cust{c}-ü", round(0.1 * k + 0.01 * c, 3)) for k in range(1, 5) for c in range(3) for ws in hooks]
     try:
         publish(s, records)
         n = len(records)
@@ -283,7 +283,7 @@ def test_kill_mid_retry_then_restart_delivers_each_once_in_order(tmp_path, recei
         for path in ("/fail-first-two/a", "/fail-first-two/b"):
             for c in range(3):
                 seq = [json.loads(r["body"])["data"][0]["likelihood"] for r in receivers.of(path)
-                       if r.get("status") == 200 and json.loads(r["body"])["meta"]["customer_id"] == f"cust{c}"]
+                       if r.get("status") == 200 and json.loads(r["body"])["meta"]["customer_id"] == f"cust{c}-ü"]
                 assert seq == sorted(seq) and len(seq) == 4, (path, c, seq)
     finally:
         again.terminate(60)
