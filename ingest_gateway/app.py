@@ -54,24 +54,26 @@ def _error_for(exc: web.HTTPException) -> errors.GatewayError:
 def _error_middleware(dialects: list[Dialect]):
     fallback = dialects[0]
 
+    def owner(path: str) -> Dialect:
+        # Only on the error path: the most specific claim on the path renders the error.
+        best, index = max(((d.claim(path), -i) for i, d in enumerate(dialects)))
+        return dialects[-index] if best else fallback
+
     @web.middleware
     async def middleware(request: web.Request, handler):
-        claims = [(d.claim(request.path), i) for i, d in enumerate(dialects)]
-        best, index = max(claims, key=lambda c: (c[0], -c[1]))
-        owner = dialects[index] if best else fallback
         try:
             return await handler(request)
         except errors.GatewayError as exc:
             if exc.status >= 500:
                 log.warning("%s %s -> %s: %s", request.method, request.path, exc.status, exc.message)
-            return owner.render_error(exc, request)
+            return owner(request.path).render_error(exc, request)
         except web.HTTPException as exc:
             if exc.status < 400:
                 raise
-            return owner.render_error(_error_for(exc), request)
+            return owner(request.path).render_error(_error_for(exc), request)
         except Exception:
             log.exception("unhandled error on %s %s", request.method, request.path)
-            return owner.render_error(errors.Internal("internal error; the request was not stored"), request)
+            return owner(request.path).render_error(errors.Internal("internal error; the request was not stored"), request)
 
     return middleware
 
