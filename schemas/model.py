@@ -177,3 +177,31 @@ def customer_merge(
         "source": source,
     }
     return Record(CUSTOMER_MERGE, topics.CUSTOMERS, partition_key(workspace, customer_id), value)
+
+
+def dead_letter(
+    *,
+    reason: str,
+    stage: str,
+    key: bytes | None,
+    value: bytes | None,
+    headers: dict[str, bytes],
+    source_topic: str = "",
+    source_partition: int = -1,
+    source_offset: int = -1,
+) -> Record:
+    """A record that could not be handled, kept byte for byte with why and where it failed
+    (``source_topic`` empty and -1s for a request the gateway refused, not a message)."""
+    value_ = {
+        "id": new_message_id(),
+        "reason": reason,
+        "stage": stage,
+        "source_topic": source_topic,
+        "source_partition": source_partition,
+        "source_offset": source_offset,
+        "key": key,
+        "value": value,
+        "headers": headers,
+        "failed_at": now_ms(),
+    }
+    return Record(DEAD_LETTER, topics.DEADLETTER, key or b"", value_)

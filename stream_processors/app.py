@@ -34,7 +34,6 @@ import faust
 from schemas import codec, model, topics
 from schemas.config import GoalstreamConfig
 from schemas.kafka import KafkaUnavailable, RecordProducer
-from schemas.model import Record
 from schemas.settings import WorkerSettings
 from schemas.warehouse import Warehouse, WarehouseError
 
@@ -265,19 +264,10 @@ class Processors:
 
     async def _deadletter(self, msg: Any, reason: str, stage: str) -> None:
         log.warning("dead-lettering %s/%s@%s: %s", msg.topic, msg.partition, msg.offset, reason)
-        value = {
-            "id": model.new_message_id(),
-            "reason": reason,
-            "stage": stage,
-            "source_topic": msg.topic,
-            "source_partition": msg.partition,
-            "source_offset": msg.offset,
-            "key": msg.key,
-            "value": msg.value,
-            "headers": {k: v for k, v in _headers(msg)},
-            "failed_at": model.now_ms(),
-        }
-        record = Record(model.DEAD_LETTER, topics.DEADLETTER, msg.key or b"", value)
+        record = model.dead_letter(
+            reason=reason, stage=stage, key=msg.key, value=msg.value, headers=dict(_headers(msg)),
+            source_topic=msg.topic, source_partition=msg.partition, source_offset=msg.offset,
+        )
         while True:
             try:
                 await self.producer.publish([record])

@@ -368,15 +368,9 @@ class Dispatcher:
             self._enqueue(d)
 
     def _letter(self, topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None, headers: dict[str, bytes], reason: str) -> Record:
-        return Record(
-            model.DEAD_LETTER,
-            topics.DEADLETTER,
-            key or b"",
-            {
-                "id": model.new_message_id(), "reason": reason, "stage": "dispatcher", "source_topic": topic,
-                "source_partition": partition, "source_offset": offset, "key": key, "value": value,
-                "headers": headers, "failed_at": now_ms(),
-            },
+        return model.dead_letter(
+            reason=reason, stage="dispatcher", key=key, value=value, headers=headers,
+            source_topic=topic, source_partition=partition, source_offset=offset,
         )
 
     async def _load(self, assigned: set[tuple[str, int]]) -> None:

@@ -21,7 +21,7 @@ from aiohttp import web
 
 from schemas.config import Credentials, GoalstreamConfig
 from schemas.kafka import KafkaUnavailable, RecordProducer
-from schemas import model, topics
+from schemas import model
 from schemas.model import Record
 from schemas.warehouse import Warehouse, WarehouseError
 
@@ -57,24 +57,19 @@ class Services:
         """Keep a refused request whose sender cannot see the error (a tracking pixel):
         it goes to ``goalstream.deadletter`` with the reason, as received, for replay.
         Best effort: the caller still gets its 4xx whether or not this was stored."""
-        value = {
-            "id": model.new_message_id(),
-            "reason": reason,
-            "stage": f"gateway:{dialect}",
-            "source_topic": "",
-            "source_partition": -1,
-            "source_offset": -1,
-            "key": None,
-            "value": raw,
-            "headers": {
+        letter = model.dead_letter(
+            reason=reason,
+            stage=f"gateway:{dialect}",
+            key=None,
+            value=raw,
+            headers={
                 "method": request.method.encode(),
                 "path_qs": request.path_qs.encode(),
                 "user-agent": request.headers.get("User-Agent", "").encode(),
             },
-            "failed_at": model.now_ms(),
-        }
+        )
         try:
-            await self.producer.publish([Record(model.DEAD_LETTER, topics.DEADLETTER, b"", value)])
+            await self.producer.publish([letter])
         except KafkaUnavailable:
             log.error("could not dead-letter a refused %s request: %s", dialect, reason)
 
