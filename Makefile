@@ -1,10 +1,10 @@
-# make run | make test | make install | make bench  (see README.md)
+# make run | make test | make install | make hostile | make bench  (see README.md)
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test bench clean
+.PHONY: install run test hostile bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,10 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -ra
+
+# The hostile-input suite alone (it is part of `make test` too): a live stack attacked from outside.
+hostile: $(STAMP)
+	$(BIN)/python -m pytest -ra tests/hostile
 
 bench: $(STAMP)
 	$(BIN)/python tests/bench/run_bench.py

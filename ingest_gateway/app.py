@@ -16,12 +16,12 @@ from typing import Any, AsyncIterator, Awaitable, Callable, Iterable
 
 from aiohttp import web
 
-from schemas.config import Credentials, GoalstreamConfig
+from schemas.config import Credentials, GoalstreamConfig, presented_bytes
 from schemas.kafka import RecordProducer
 from schemas.settings import GatewaySettings
-from schemas.warehouse import Warehouse, WarehouseError
+from schemas.warehouse import Warehouse, WarehouseBusy, WarehouseError
 
-from . import errors, sqlguard
+from . import errors, ratelimit, sqlguard
 from .dialects import DIALECTS, Dialect, Services
 from .dialects.base import json_response, read_body
 from .health import Health
@@ -33,9 +33,24 @@ HEALTH = web.AppKey("health", Health)
 # and aiohttp's default (8190 bytes) would refuse a 6 KB payload with its own plain 400.
 MAX_LINE = 65536
 LOCAL_TOKEN = web.AppKey("local_token", str)  # the running stack's per-run token for `goalstream sql`
-# The embedded stack's scorer: train (one goal or all) and rescore, for `goalstream train`.
-Trainer = Callable[[str | None], Awaitable[list[dict[str, Any]]]]
+# The embedded stack's scorer: train (one goal or all; one workspace's or every one's) and
+# rescore, for `goalstream train` and POST /admin/v1/train.
+Trainer = Callable[[str | None, str | None], Awaitable[list[dict[str, Any]]]]
 TRAINER = web.AppKey("trainer", object)
+
+
+# aiohttp's own client errors, as the gateway's (any other 4xx is a 400: still the
+# client's to fix, never a 500).
+_HTTP_ERRORS: dict[int, type[errors.GatewayError]] = {
+    401: errors.Unauthenticated,
+    403: errors.Forbidden,
+    406: errors.NotAcceptable,
+    413: errors.PayloadTooLarge,
+    415: errors.UnsupportedEncoding,
+    422: errors.Unprocessable,
+    429: errors.TooManyRequests,
+    503: errors.Unavailable,
+}
 
 
 def _error_for(exc: web.HTTPException) -> errors.GatewayError:
@@ -46,7 +61,9 @@ def _error_for(exc: web.HTTPException) -> errors.GatewayError:
         return errors.PayloadTooLarge("the request body is too large")
     if isinstance(exc, web.HTTPNotFound):
         return errors.NotFound("no such endpoint")
-    if exc.status == 400:
+    if exc.status in _HTTP_ERRORS:
+        return _HTTP_ERRORS[exc.status](exc.reason or "refused")
+    if 400 <= exc.status < 500:
         return errors.InvalidRequest(exc.reason or "bad request")
     return errors.Internal(exc.reason or "internal error")
 
@@ -80,58 +97,124 @@ def _error_middleware(dialects: list[Dialect]):
 
 async def healthz(request: web.Request) -> web.Response:
     health = request.app[HEALTH]
-    return json_response(health.report(), status=200 if health.ok else 503)
+    await health.probe()  # ClickHouse answers on the normal lane within a second, or it is "stalled"
+    report = health.report()
+    if counters := request.app[SERVICES].counters:
+        report["counters"] = dict(counters)  # what was refused without being stored (e.g. strangers' pixels)
+    return json_response(report, status=200 if health.ok else 503)
 
 
 
 
-def _is_admin(request: web.Request) -> bool:
-    """The running stack's per-run token (``goalstream sql``/``train``) or any admin_token."""
+async def _false() -> bool:
+    return False
+
+
+def _admin_scope(request: web.Request) -> sqlguard.Scope | None:
+    """Who the admin token is: the operator (``[admin] operator_token``, or the running
+    stack's per-run token that ``goalstream sql``/``train``/``deadletter`` use) sees every
+    workspace; a workspace's ``admin_token`` sees that workspace only; else None."""
     services = request.app[SERVICES]
     local_token: str | None = request.app.get(LOCAL_TOKEN)
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
     token = token.strip()
-    return scheme.lower() in ("bearer", "token") and bool(token) and (
-        (local_token is not None and hmac.compare_digest(token.encode(), local_token.encode()))
-        or services.credentials.match("admin_token", token) is not None
-    )
+    if scheme.lower() not in ("bearer", "token") or not token:
+        return None
+    operator = local_token is not None and hmac.compare_digest(presented_bytes(token), local_token.encode())
+    operator = services.credentials.operator(token) or operator
+    workspace = services.credentials.match("admin_token", token)
+    if operator:
+        return sqlguard.OPERATOR
+    return sqlguard.Scope(workspace) if workspace is not None else None
+
+
+def _is_admin(request: web.Request) -> bool:
+    """Any admin credential (operator or workspace); what it may see is ``_admin_scope``."""
+    return _admin_scope(request) is not None
+
+
+def _require_admin(request: web.Request) -> sqlguard.Scope:
+    scope = _admin_scope(request)
+    if scope is None:
+        raise errors.Unauthenticated("an admin token is required")
+    return scope
 
 
 async def admin_train(request: web.Request) -> web.Response:
-    """Train each goal's model (``?goal=`` for one), start scoring with it, rescore."""
-    if not _is_admin(request):
-        return json_response({"error": {"type": "api_authentication_error", "message": "an admin token is required"}}, 401)
+    """Train each goal's model (``?goal=`` for one), start scoring with it, rescore.
+
+    A workspace's admin token trains that workspace's goals only (another workspace's
+    goal is unknown to it); the operator trains every workspace's."""
+    scope = _require_admin(request)
     trainer = request.app.get(TRAINER)
     if trainer is None:
-        return json_response({"error": {"type": "api_error", "message": "this gateway runs no scorer; run goalstream train against ClickHouse"}}, 503)
+        raise errors.Unavailable("this gateway runs no scorer; run goalstream train against ClickHouse")
     goal = request.query.get("goal") or None
     config = request.app[SERVICES].config
-    if goal is not None and not any(g.name == goal for g in config.goals):
-        return json_response({"error": {"type": "api_invalid_request_error", "message": f"no goal named {goal!r}", "param": "goal"}}, 400)
-    return json_response({"data": await trainer(goal), "object": "training"})
+    visible = config.goals if scope.operator else config.goals_of(scope.workspace)
+    if goal is not None and not any(g.name == goal for g in visible):
+        raise errors.InvalidRequest(f"no goal named {goal!r}", param="goal")
+    return json_response({"data": await trainer(goal, scope.workspace), "object": "training"})
+
+
+ADMIN_SQL = web.AppKey("admin_sql", object)
 
 
 async def admin_sql(request: web.Request) -> web.Response:
-    """Run one read-only query; body is the SQL, ``?format=`` the ClickHouse output format."""
+    """Run one read-only query; body is the SQL, ``?format=`` the ClickHouse output format.
+
+    Checked and run on the warehouse's admin lane (its own client and threads), confined
+    to the caller's workspace unless the caller is the operator (see sqlguard)."""
     services = request.app[SERVICES]
-    if not _is_admin(request):
-        return json_response({"error": {"type": "api_authentication_error", "message": "an admin token is required"}}, 401)
+    scope = _require_admin(request)
+    lane: AdminSQL = request.app[ADMIN_SQL]
     fmt = request.query.get("format", "PrettyCompact")
     if not sqlguard.FORMATS.match(fmt):
-        return json_response({"error": {"type": "api_invalid_request_error", "message": "bad format name"}}, 400)
-    sql = (await read_body(request)).decode(errors="replace")
+        raise errors.InvalidRequest("bad format name", param="format")
+    raw = await read_body(request)
+    if len(raw) > sqlguard.MAX_SQL_BYTES:
+        raise errors.LimitExceeded(f"the query is longer than {sqlguard.MAX_SQL_BYTES} bytes")
     try:
-        statement = sqlguard.check(sql)
-    except sqlguard.NotReadOnly as exc:
-        return json_response({"error": {"type": "api_invalid_request_error", "message": str(exc)}}, 400)
-    if services.warehouse is None:
-        return json_response({"error": {"type": "api_error", "message": "no warehouse on this gateway"}}, 503)
-    try:
-        body = await services.warehouse.raw(statement, fmt, readonly=True)
-    except WarehouseError as exc:
-        return json_response({"error": {"type": "api_invalid_request_error", "message": str(exc)}}, 400)
+        sql = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise errors.InvalidRequest("the query is not UTF-8 text") from None
+    if services.warehouse is None or not services.warehouse.is_open:
+        raise errors.Unavailable("no warehouse on this gateway", retry_after=5)
+    body = await lane.run(services.warehouse, sql, fmt, scope)
     return web.Response(body=body, content_type="text/plain")
 
+
+class AdminSQL:
+    """The admin SQL lane: limits from settings, the engine's catalog (refreshed every
+    minute), and the mapping of refusals and limits to the gateway's errors."""
+
+    CATALOG_TTL_S = 60.0
+
+    def __init__(self, settings: GatewaySettings):
+        self.limits = sqlguard.Limits.from_settings(settings)
+        self._catalog: sqlguard.Catalog | None = None
+        self._loaded = 0.0
+
+    def _catalog_for(self, client: Any) -> sqlguard.Catalog:
+        import time
+
+        if self._catalog is None or time.monotonic() - self._loaded > self.CATALOG_TTL_S:
+            self._catalog, self._loaded = sqlguard.Catalog.load(client), time.monotonic()
+        return self._catalog
+
+    async def run(self, warehouse: Warehouse, sql: str, fmt: str, scope: sqlguard.Scope) -> bytes:
+        def job(client: Any) -> bytes:
+            return sqlguard.run(client, sql, fmt, scope, self.limits, self._catalog_for(client))
+
+        try:
+            return await warehouse.admin(job)
+        except WarehouseBusy:
+            raise errors.TooManyRequests("admin queries are all busy; try again shortly", retry_after=2) from None
+        except (sqlguard.NotReadOnly, sqlguard.LimitReached, sqlguard.QueryFailed) as exc:
+            raise errors.InvalidRequest(str(exc)) from None
+        except Exception as exc:  # the engine itself failed (closed, out of resources): retriable
+            log.warning("admin SQL failed in the warehouse: %s", type(exc).__name__)
+            raise errors.Unavailable("the warehouse could not run the query; try again", retry_after=5) from None
 
 
 def create_app(
@@ -149,9 +232,12 @@ def create_app(
     producer = producer or RecordProducer(
         settings.kafka_bootstrap, idempotence=settings.kafka_idempotence, timeout_s=settings.produce_timeout_s
     )
-    services = Services(config=config, credentials=Credentials(config), producer=producer, warehouse=warehouse, models=models)
+    # Rate limits (off by default: then None, and nothing below changes the request path).
+    limiter = ratelimit.RateLimiter.from_settings(settings)
+    credentials = limiter.credentials(Credentials(config)) if limiter else Credentials(config)
+    services = Services(config=config, credentials=credentials, producer=producer, warehouse=warehouse, models=models)
     dialects = [d(services) for d in DIALECTS]
-    app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[_error_middleware(dialects)])
+    app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[_error_middleware(dialects), *ratelimit.middlewares(limiter)])
     app[SERVICES] = services
     app[HEALTH] = health or Health()
     if local_token:
@@ -161,6 +247,8 @@ def create_app(
     for d in dialects:
         app.router.add_routes(d.routes())
     app.router.add_get("/healthz", healthz, allow_head=True)
+    app[ADMIN_SQL] = AdminSQL(settings)
+    app[HEALTH].add_probe("clickhouse", lambda: services.warehouse.ping() if services.warehouse is not None else _false())
     app.router.add_post("/admin/v1/sql", admin_sql)
     app.router.add_post("/admin/v1/train", admin_train)
 
@@ -174,7 +262,7 @@ def create_app(
 
     app.cleanup_ctx.append(producer_ctx)
     if warehouse is None:
-        own = Warehouse(settings.clickhouse_dsn)
+        own = Warehouse(settings.clickhouse_dsn, admin_concurrency=settings.sql_concurrency)
 
         async def warehouse_ctx(app: web.Application) -> AsyncIterator[None]:
             try:

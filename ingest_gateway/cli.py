@@ -87,10 +87,20 @@ def _settings(cls: type[CommonSettings], args: argparse.Namespace) -> Any:
     return cls(**given)
 
 
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(level=level.upper(), stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+def _setup_logging(settings: CommonSettings, config: GoalstreamConfig) -> None:
+    """stderr, with every record filtered on its way (ingest_gateway/logsafe.py): aiohttp's
+    parser errors made one line, floods rate-limited, every configured secret redacted."""
+    from . import logsafe
+
+    logging.basicConfig(level=settings.log_level.upper(), stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("faust", "mode", "aiokafka", "aiohttp.access"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
+    logsafe.install(
+        logging.getLogger().handlers,
+        logsafe.config_secrets(config),
+        rate_limit=settings.log_rate_limit,
+        rate_interval_s=settings.log_rate_interval_s,
+    )
 
 
 def _stop_event() -> asyncio.Event:
@@ -117,7 +127,7 @@ async def _gateway(settings: GatewaySettings, config: GoalstreamConfig) -> int:
 
     await ensure_topics(settings.kafka_bootstrap, settings.topic_partitions, settings.topic_replication)
     app = create_app(settings, config)
-    runner = web.AppRunner(app, access_log=None, max_line_size=MAX_LINE)
+    runner = web.AppRunner(app, access_log=None, max_line_size=MAX_LINE, auto_decompress=False)
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.port)
     await site.start()
@@ -176,14 +186,15 @@ class QueryFailed(Exception):
 
 
 def _query(settings: CommonSettings, statement: str, fmt: str) -> bytes:
-    """Run a checked read-only statement: through the running stack if there is one
-    (it holds the embedded ClickHouse), else against ClickHouse directly."""
+    """Run one read-only query as the operator: through the running stack if there is
+    one (it holds the embedded ClickHouse, and checks the query on its admin lane), else
+    against ClickHouse directly, through the same check and limits (ingest_gateway.sqlguard)."""
     running = run_file_for(settings)
     if running.is_file():
         info = json.loads(running.read_text())
         if _alive(info.get("pid")):
             req = urllib.request.Request(
-                f"{info['url']}/admin/v1/sql?format={fmt}",
+                f"{info['url']}/admin/v1/sql?format={urllib.parse.quote(fmt)}",
                 data=statement.encode(),
                 headers={"Authorization": f"Bearer {info['token']}"},
                 method="POST",
@@ -207,16 +218,22 @@ def _query(settings: CommonSettings, statement: str, fmt: str) -> bytes:
     dsn = normalize_dsn(settings.clickhouse_dsn)
     if (path := embedded_path(dsn)) is not None and not path.exists():
         raise QueryFailed(f"no data at {dsn}; start the stack first (goalstream up)")
+    from . import sqlguard
+
     try:
         client = clickhouse_connect.get_client(dsn=dsn)
-        # A server enforces read-only itself; chDB's setting would stick to the session.
-        extra = {} if dsn.startswith("chdb") else {"readonly": 1}
-        try:
-            return client.raw_query(statement, fmt=fmt, settings=extra)
-        finally:
-            client.close()
     except Exception as exc:
+        raise QueryFailed(f"cannot open ClickHouse at {dsn}: {exc}") from None
+    try:
+        # readonly and the limits go in the query's own SETTINGS (never clickhouse-connect's
+        # settings=, which on chDB would stick to the session).
+        return sqlguard.run(client, statement, fmt, sqlguard.OPERATOR, sqlguard.Limits.from_settings(settings))
+    except (sqlguard.NotReadOnly, sqlguard.LimitReached, sqlguard.QueryFailed) as exc:
         raise QueryFailed(str(exc)) from None
+    except Exception as exc:
+        raise QueryFailed(f"{type(exc).__name__}: {exc}") from None
+    finally:
+        client.close()
 
 
 def run_file_for(settings: CommonSettings) -> Path:
@@ -236,18 +253,15 @@ def _running_kafka(settings: CommonSettings) -> str | None:
 
 
 def _sql(settings: CommonSettings, query: str, fmt: str) -> int:
+    """The query is checked where it runs (the stack's admin lane, or _query's own
+    client): the check needs ClickHouse's parser."""
     from . import sqlguard
 
-    try:
-        statement = sqlguard.check(query)
-    except sqlguard.NotReadOnly as exc:
-        print(f"goalstream sql: {exc}", file=sys.stderr)
-        return 2
     if not sqlguard.FORMATS.match(fmt):
         print(f"goalstream sql: bad format {fmt!r}", file=sys.stderr)
         return 2
     try:
-        sys.stdout.buffer.write(_query(settings, statement, fmt))
+        sys.stdout.buffer.write(_query(settings, query, fmt))
     except QueryFailed as exc:
         print(f"goalstream sql: {exc}", file=sys.stderr)
         return 1
@@ -372,7 +386,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"goalstream: {exc}", file=sys.stderr)
         return 2
-    _setup_logging(settings.log_level)
+    _setup_logging(settings, config)
     if args.command == "sql":
         return _sql(settings, args.query, args.format)
     if args.command == "deadletter":

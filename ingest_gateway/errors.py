@@ -31,6 +31,11 @@ class InvalidJSON(InvalidRequest):
     """The body is not JSON (or not the JSON shape the endpoint takes)."""
 
 
+class InexactJSON(InvalidJSON):
+    """Valid JSON that cannot be stored as sent: an integer beyond 64 bits, a key given
+    twice in one object, a NUL character."""
+
+
 class LimitExceeded(InvalidRequest):
     """A documented limit (size, count, length) is exceeded."""
 
@@ -59,6 +64,14 @@ class PayloadTooLarge(LimitExceeded):
     """The request body exceeds the gateway's or the dialect's size limit."""
 
 
+class UnsupportedEncoding(InvalidRequest):
+    """A ``Content-Encoding`` the gateway does not decode (only gzip and deflate are)."""
+
+
+class RecordTooLarge(PayloadTooLarge):
+    """One record is larger than Kafka takes in one message: permanent, unlike a 503."""
+
+
 class Unprocessable(InvalidRequest):
     """Well-formed but semantically invalid (vendors that answer 422)."""
 
@@ -80,6 +93,7 @@ class Internal(GatewayError):
 STATUS: dict[type[GatewayError], int] = {
     InvalidRequest: 400,
     InvalidJSON: 400,
+    InexactJSON: 400,
     LimitExceeded: 400,
     Unauthenticated: 401,
     Forbidden: 403,
@@ -87,6 +101,8 @@ STATUS: dict[type[GatewayError], int] = {
     MethodNotAllowed: 405,
     NotAcceptable: 406,
     PayloadTooLarge: 413,
+    RecordTooLarge: 413,
+    UnsupportedEncoding: 415,
     Unprocessable: 422,
     TooManyRequests: 429,
     Internal: 500,

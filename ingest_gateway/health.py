@@ -1,14 +1,44 @@
-"""Component states reported by ``GET /healthz``; each part of the stack sets its own."""
+"""Component states reported by ``GET /healthz``; each part of the stack sets its own.
+
+Some components are also probed on every ``/healthz`` (the warehouse: ``SELECT 1`` on the
+normal lane, the one ingestion and the API use): a probe that fails marks the component
+"down", one that does not answer within its timeout marks it "stalled", so a warehouse
+wedged behind a long query shows as degraded instead of ok.
+"""
 
 from __future__ import annotations
+
+import asyncio
+from typing import Awaitable, Callable
+
+Probe = Callable[[], Awaitable[bool]]
 
 
 class Health:
     def __init__(self) -> None:
         self.components: dict[str, str] = {}
+        self._probes: dict[str, tuple[Probe, float]] = {}
 
     def set(self, component: str, state: str) -> None:
         self.components[component] = state
+
+    def add_probe(self, component: str, probe: Probe, timeout_s: float = 1.0) -> None:
+        self._probes[component] = (probe, timeout_s)
+
+    async def probe(self) -> None:
+        async def one(component: str, probe: Probe, timeout_s: float) -> None:
+            if self.components.get(component) in ("stopped", "draining"):
+                return
+            try:
+                ok = await asyncio.wait_for(probe(), timeout_s)
+            except asyncio.TimeoutError:
+                self.set(component, "stalled")
+                return
+            except Exception:
+                ok = False
+            self.set(component, "up" if ok else "down")
+
+        await asyncio.gather(*(one(c, p, t) for c, (p, t) in self._probes.items()))
 
     @property
     def ok(self) -> bool:

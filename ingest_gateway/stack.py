@@ -34,6 +34,7 @@ from stream_processors.app import Processors
 from stream_processors.dispatcher import Dispatcher
 from stream_processors.goals import ModelStore
 
+from . import logsafe
 from .app import HEALTH, MAX_LINE, SERVICES, create_app
 from .broker import EmbeddedBroker
 from .health import Health
@@ -62,15 +63,17 @@ class Stack:
         self.runner: web.AppRunner | None = None
         self.app: web.Application | None = None
         self.token = secrets.token_urlsafe(32)
+        logsafe.add_secrets(self.token)  # the per-run token is a secret like any configured one
         self._recycling = asyncio.Lock()
         self.models: ModelStore | None = None
         self.dispatcher: Dispatcher | None = None
 
-    async def _train(self, goal: str | None) -> list[dict]:
-        """``goalstream train`` while the stack runs: the stack's scorer trains and rescores."""
+    async def _train(self, goal: str | None, workspace: str | None = None) -> list[dict]:
+        """``goalstream train`` while the stack runs: the stack's scorer trains and rescores
+        (``workspace``: only that workspace's goals, for a workspace's admin token)."""
         if self.processors is None:
             raise RuntimeError("the processors are not running")
-        return await self.processors.scorer.train(goal)
+        return await self.processors.scorer.train(goal, workspace=workspace)
 
     @property
     def bootstrap(self) -> str:
@@ -111,7 +114,7 @@ class Stack:
         s = self.settings
         s.data_dir.mkdir(parents=True, exist_ok=True)
         await self._start_broker()
-        self.warehouse = await Warehouse(s.clickhouse_dsn).open()
+        self.warehouse = await Warehouse(s.clickhouse_dsn, admin_concurrency=s.sql_concurrency).open()
         await self.warehouse.migrate()
         self.health.set("clickhouse", "up")
         # One model store for the scorer and the API, so both serve a new model at once.
@@ -121,7 +124,7 @@ class Stack:
             s, self.config, warehouse=self.warehouse, health=self.health, local_token=self.token,
             trainer=self._train, models=self.models,
         )
-        self.runner = web.AppRunner(self.app, access_log=None, max_line_size=MAX_LINE)
+        self.runner = web.AppRunner(self.app, access_log=None, max_line_size=MAX_LINE, auto_decompress=False)
         await self.runner.setup()
         site = web.TCPSite(self.runner, s.host, s.port, shutdown_timeout=30.0)
         await site.start()

@@ -113,7 +113,20 @@ class Dispatcher(_Strict):
     )
 
 
+class Admin(_Strict):
+    """``[admin]``: the operator token sees every workspace in the admin SQL endpoint and
+    trains every goal; a workspace's own ``admin_token`` sees only that workspace."""
+
+    operator_token: SecretStr | None = None
+
+    @field_validator("operator_token")
+    @classmethod
+    def _hash_form(cls, v: SecretStr | None) -> SecretStr | None:
+        return Workspace._hash_form(v)
+
+
 class GoalstreamConfig(_Strict):
+    admin: Admin = Field(default_factory=Admin)
     workspaces: list[Workspace] = Field(default_factory=list)
     goals: list[Goal] = Field(default_factory=list)
     webhooks: list[Webhook] = Field(default_factory=list)
@@ -140,6 +153,10 @@ class GoalstreamConfig(_Strict):
             values = [w_val.get_secret_value() for w in self.workspaces if (w_val := getattr(w, field)) is not None]
             if len(values) != len(set(values)):
                 raise ValueError(f"workspaces: the same {field} is given to two workspaces")
+        if self.admin.operator_token is not None:
+            op = _digest(self.admin.operator_token.get_secret_value())
+            if any(w.admin_token is not None and _digest(w.admin_token.get_secret_value()) == op for w in self.workspaces):
+                raise ValueError("admin.operator_token: must differ from every workspace's admin_token")
         return self
 
     def workspace(self, name: str) -> Workspace | None:
@@ -205,6 +222,18 @@ def _digest(raw: str) -> bytes:
     return hashlib.sha256(raw.encode()).digest()
 
 
+def presented_bytes(presented: str | bytes) -> bytes:
+    """A presented credential as the bytes the client sent, never raising: aiohttp decodes
+    non-UTF-8 header bytes with surrogateescape (``Token tk\\xff``), and a query value may
+    hold a lone surrogate that surrogateescape did not make."""
+    if isinstance(presented, bytes):
+        return presented
+    try:
+        return presented.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return presented.encode("utf-8", "surrogatepass")
+
+
 class Credentials:
     """Maps a presented credential to its workspace, in constant time per candidate."""
 
@@ -215,11 +244,17 @@ class Credentials:
                 secret = getattr(w, f)
                 if secret is not None:
                     self._by_field[f].append((_digest(secret.get_secret_value()), w.name))
+        op = config.admin.operator_token
+        self._operator = _digest(op.get_secret_value()) if op is not None else None
 
-    def match(self, field: str, presented: str | None) -> str | None:
+    def match(self, field: str, presented: str | bytes | None) -> str | None:
+        """The workspace whose ``field`` credential is ``presented``, else None.
+
+        Compared as bytes (``presented_bytes``): a credential that is not UTF-8 simply
+        matches nothing."""
         if not presented:
             return None
-        digest = hashlib.sha256(presented.encode()).digest()
+        digest = hashlib.sha256(presented_bytes(presented)).digest()
         found = None
         for candidate, workspace in self._by_field[field]:
             # No early exit: every candidate is compared whatever matched before.
@@ -227,7 +262,13 @@ class Credentials:
                 found = workspace
         return found
 
-    def match_pair(self, fields: tuple[str, str], presented: Iterable[str | None]) -> str | None:
+    def operator(self, presented: str | bytes | None) -> bool:
+        """Is ``presented`` the configured ``[admin] operator_token``? (Constant time.)"""
+        if not presented or self._operator is None:
+            return False
+        return hmac.compare_digest(self._operator, hashlib.sha256(presented_bytes(presented)).digest())
+
+    def match_pair(self, fields: tuple[str, str], presented: Iterable[str | bytes | None]) -> str | None:
         """Both parts of a two-part credential must name the same workspace."""
         a, b = (self.match(f, p) for f, p in zip(fields, presented))
         return a if a is not None and a == b else None

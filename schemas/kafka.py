@@ -16,7 +16,7 @@ from typing import Iterable, Sequence
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from aiokafka.errors import KafkaError, MessageSizeTooLargeError, TopicAlreadyExistsError
 
 from . import codec, topics
 from .model import Record
@@ -28,6 +28,24 @@ class KafkaUnavailable(Exception):
     """The broker did not acknowledge in time; retriable."""
 
     retriable = True
+
+
+# The producer's max_request_size: the largest record (value, key and headers) it sends.
+MAX_REQUEST_BYTES = 8 * 1024 * 1024
+# What a record's own bytes may take of it: aiokafka adds a record-batch header (61 bytes)
+# and per-record framing, so a little is left for them.
+MAX_RECORD_BYTES = MAX_REQUEST_BYTES - 4096
+
+
+class RecordTooLarge(Exception):
+    """One record is larger than a Kafka message may be (ours, or the broker's limit):
+    permanent, sending it again cannot succeed. Nothing of the call was sent."""
+
+    retriable = False
+
+    def __init__(self, message: str, size: int | None = None, limit: int = MAX_RECORD_BYTES):
+        super().__init__(message)
+        self.size, self.limit = size, limit
 
 
 async def ensure_topics(bootstrap: str, partitions: int, replication: int = 1, names: Iterable[str] = topics.ALL) -> None:
@@ -113,7 +131,7 @@ class RecordProducer:
             linger_ms=self.linger_ms,
             request_timeout_ms=int(self.timeout_s * 1000),
             max_batch_size=1024 * 1024,
-            max_request_size=8 * 1024 * 1024,
+            max_request_size=MAX_REQUEST_BYTES,
         )
 
     async def start(self) -> None:
@@ -145,15 +163,25 @@ class RecordProducer:
             await self._producer.flush()
 
     async def publish(self, records: Sequence[Record]) -> None:
-        """Send every record and wait for the broker's acknowledgement of all of them."""
+        """Send every record and wait for the broker's acknowledgement of all of them.
+
+        Every record is encoded and its size checked before the first is sent, so a record
+        too large for Kafka (``RecordTooLarge``, permanent) refuses the call whole."""
+        encoded = [(r, *codec.encode(r.schema, r.value)) for r in records]
+        for i, (r, value, headers) in enumerate(encoded):
+            size = len(value) + len(r.key) + sum(len(k) + len(v) for k, v in headers)
+            if size > MAX_RECORD_BYTES:
+                raise RecordTooLarge(f"record {i} is {size} bytes encoded; at most {MAX_RECORD_BYTES} fit in one Kafka message", size)
         if self._producer is None:
             raise KafkaUnavailable("producer is not running")
         try:
             futures = []
-            for r in records:
-                value, headers = codec.encode(r.schema, r.value)
+            for r, value, headers in encoded:
                 futures.append(await self._producer.send(r.topic, value, key=r.key, headers=list(headers)))
             await asyncio.wait_for(asyncio.gather(*futures), self.timeout_s)
+        except MessageSizeTooLargeError as exc:
+            # The broker's own limit (message.max.bytes) is lower than ours: as permanent.
+            raise RecordTooLarge(f"the broker refused a record as too large: {exc!r}") from exc
         except (KafkaError, asyncio.TimeoutError) as exc:
             raise KafkaUnavailable(f"broker did not acknowledge: {exc!r}") from exc
 

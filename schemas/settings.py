@@ -28,6 +28,18 @@ class CommonSettings(BaseSettings):
     topic_partitions: int = Field(default=4, ge=1, le=1024, validation_alias=_env("topic_partitions", "GOALSTREAM_TOPIC_PARTITIONS"))
     topic_replication: int = Field(default=1, ge=1, le=7, validation_alias=_env("topic_replication", "GOALSTREAM_TOPIC_REPLICATION"))
     log_level: str = Field(default="INFO", validation_alias=_env("log_level", "GOALSTREAM_LOG_LEVEL"))
+    # Admin SQL (`goalstream sql`, POST /admin/v1/sql): per-query limits and concurrency.
+    sql_max_execution_s: float = Field(default=10.0, gt=0, le=3600, validation_alias=_env("sql_max_execution_s", "GOALSTREAM_SQL_MAX_EXECUTION_S"))
+    sql_max_rows_to_read: int = Field(default=1_000_000_000, ge=1, validation_alias=_env("sql_max_rows_to_read", "GOALSTREAM_SQL_MAX_ROWS_TO_READ"))
+    sql_max_bytes_to_read: int = Field(default=50_000_000_000, ge=1, validation_alias=_env("sql_max_bytes_to_read", "GOALSTREAM_SQL_MAX_BYTES_TO_READ"))
+    sql_max_result_rows: int = Field(default=1_000_000, ge=1, validation_alias=_env("sql_max_result_rows", "GOALSTREAM_SQL_MAX_RESULT_ROWS"))
+    sql_max_result_bytes: int = Field(default=512 * 1024 * 1024, ge=1, validation_alias=_env("sql_max_result_bytes", "GOALSTREAM_SQL_MAX_RESULT_BYTES"))
+    sql_max_memory_bytes: int = Field(default=2 * 1024**3, ge=1024**2, validation_alias=_env("sql_max_memory_bytes", "GOALSTREAM_SQL_MAX_MEMORY_BYTES"))
+    sql_concurrency: int = Field(default=2, ge=1, le=16, validation_alias=_env("sql_concurrency", "GOALSTREAM_SQL_CONCURRENCY"))
+    # At most this many log lines per (logger, message) per interval; the rest are
+    # counted and reported as one "suppressed K similar messages" line. 0: no limit.
+    log_rate_limit: int = Field(default=20, ge=0, validation_alias=_env("log_rate_limit", "GOALSTREAM_LOG_RATE_LIMIT"))
+    log_rate_interval_s: float = Field(default=60.0, gt=0, validation_alias=_env("log_rate_interval_s", "GOALSTREAM_LOG_RATE_INTERVAL_S"))
 
     @property
     def kafka_bootstrap(self) -> str:
@@ -55,6 +67,17 @@ class GatewaySettings(CommonSettings):
     max_body_bytes: int = Field(default=16 * 1024 * 1024, validation_alias=_env("max_body_bytes", "GOALSTREAM_MAX_BODY_BYTES"))
     produce_timeout_s: float = Field(default=15.0, gt=0, validation_alias=_env("produce_timeout_s", "GOALSTREAM_PRODUCE_TIMEOUT_S"))
     kafka_idempotence: bool = Field(default=True, validation_alias=_env("kafka_idempotence", "GOALSTREAM_KAFKA_IDEMPOTENCE"))
+    # Rate limits (ingest_gateway/ratelimit.py), all off (0) by default. Requests per
+    # second per credential (a dialect's credential of one workspace) and per workspace
+    # (all its credentials together), each with a burst (0: one second's worth, at least
+    # 1); failed authentications per client IP per minute, after which that IP gets 429
+    # until its budget refills. Buckets are kept for at most rate_limit_max_keys keys.
+    rate_limit_per_credential: float = Field(default=0.0, ge=0, validation_alias=_env("rate_limit_per_credential", "GOALSTREAM_RATE_LIMIT_PER_CREDENTIAL"))
+    rate_limit_per_credential_burst: int = Field(default=0, ge=0, validation_alias=_env("rate_limit_per_credential_burst", "GOALSTREAM_RATE_LIMIT_PER_CREDENTIAL_BURST"))
+    rate_limit_per_workspace: float = Field(default=0.0, ge=0, validation_alias=_env("rate_limit_per_workspace", "GOALSTREAM_RATE_LIMIT_PER_WORKSPACE"))
+    rate_limit_per_workspace_burst: int = Field(default=0, ge=0, validation_alias=_env("rate_limit_per_workspace_burst", "GOALSTREAM_RATE_LIMIT_PER_WORKSPACE_BURST"))
+    rate_limit_auth_failures: int = Field(default=0, ge=0, validation_alias=_env("rate_limit_auth_failures", "GOALSTREAM_RATE_LIMIT_AUTH_FAILURES"))
+    rate_limit_max_keys: int = Field(default=100_000, ge=1, validation_alias=_env("rate_limit_max_keys", "GOALSTREAM_RATE_LIMIT_MAX_KEYS"))
 
     @model_validator(mode="after")
     def _tls_pair(self) -> "GatewaySettings":

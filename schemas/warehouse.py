@@ -2,7 +2,10 @@
 
 Queries and batched inserts go through ``Warehouse``, which runs clickhouse-connect's
 sync client in a worker thread (chDB, the embedded engine, has no async client and must
-never block the loop). ``migrate`` applies the versioned DDL files in
+never block the loop). Admin SQL has a lane of its own (``Warehouse.admin``): other
+clients on the same database, in other threads, at most ``admin_concurrency`` at once
+(more are refused at once with ``WarehouseBusy``), so an analyst's 10-second query never
+queues ingestion or the API behind it. ``migrate`` applies the versioned DDL files in
 ``schemas/clickhouse/`` once each, recording them in ``schema_migrations``.
 """
 
@@ -11,9 +14,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence, TypeVar
 
 import clickhouse_connect
 
@@ -28,6 +32,13 @@ class WarehouseError(Exception):
     def __init__(self, message: str, retriable: bool = True):
         super().__init__(message)
         self.retriable = retriable
+
+
+class WarehouseBusy(WarehouseError):
+    """Every admin-lane slot is taken: try again shortly."""
+
+
+T = TypeVar("T")
 
 
 def migrations() -> list[tuple[int, str, list[str]]]:
@@ -62,13 +73,19 @@ def embedded_path(dsn: str) -> Path | None:
 
 
 class Warehouse:
-    def __init__(self, dsn: str):
+    def __init__(self, dsn: str, admin_concurrency: int = 2):
         dsn = normalize_dsn(dsn)
         self.dsn = dsn
         self.embedded = dsn.startswith("chdb:")
         self._client: Any = None
         # chDB serialises calls on one handle anyway; a server takes a few in parallel.
         self._pool = ThreadPoolExecutor(max_workers=1 if self.embedded else 4, thread_name_prefix="clickhouse")
+        # The admin lane: one client per admin thread (a client is not shared across threads).
+        self._admin_pool = ThreadPoolExecutor(max_workers=admin_concurrency, thread_name_prefix="clickhouse-admin")
+        self._admin_slots = asyncio.Semaphore(admin_concurrency)
+        self._admin_local = threading.local()
+        self._admin_clients: list[Any] = []
+        self._admin_lock = threading.Lock()
 
     async def _run(self, fn, *args, **kwargs):
         loop = asyncio.get_running_loop()
@@ -86,10 +103,39 @@ class Warehouse:
         return self
 
     async def close(self) -> None:
+        self._admin_pool.shutdown(wait=True)
+        with self._admin_lock:
+            admin_clients, self._admin_clients = self._admin_clients, []
+        for c in admin_clients:
+            try:
+                await self._run(c.close)
+            except WarehouseError:
+                pass
         if self._client is not None:
             client, self._client = self._client, None
             await self._run(client.close)
         self._pool.shutdown(wait=True)
+
+    def _admin_client(self) -> Any:
+        client = getattr(self._admin_local, "client", None)
+        if client is None:
+            client = clickhouse_connect.get_client(dsn=self.dsn)
+            self._admin_local.client = client
+            with self._admin_lock:
+                self._admin_clients.append(client)
+        return client
+
+    async def admin(self, fn: Callable[[Any], T]) -> T:
+        """Run ``fn(client)`` on the admin lane; raises WarehouseBusy at once when it is full.
+
+        ``fn``'s own exceptions pass through unchanged (the caller knows what they mean)."""
+        if self._client is None:
+            raise WarehouseError("the warehouse is not open")
+        if self._admin_slots.locked():
+            raise WarehouseBusy("every admin query slot is busy")
+        async with self._admin_slots:
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self._admin_pool, lambda: fn(self._admin_client()))
 
     @property
     def is_open(self) -> bool:

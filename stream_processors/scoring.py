@@ -300,13 +300,16 @@ class Scorer:
         ids = {r["customer_id"] for r in rows}
         return await self.score({workspace: ids}, "retrain", token) if ids else 0
 
-    async def train(self, goal_name: str | None = None, rescore: bool = True) -> list[dict[str, Any]]:
-        """Fit, store and start using each goal's model (or the one named); then rescore."""
+    async def train(self, goal_name: str | None = None, rescore: bool = True, workspace: str | None = None) -> list[dict[str, Any]]:
+        """Fit, store and start using each goal's model (or the one named; ``workspace``:
+        only that workspace's goals); then rescore."""
         summaries = []
         now = g.now_ms()
         loop = asyncio.get_running_loop()
         for goal in self.config.goals:
             if goal_name is not None and goal.name != goal_name:
+                continue
+            if workspace is not None and goal.workspace != workspace:
                 continue
             labelled = await g.labelled(self.warehouse, goal.workspace, goal, now)
             names = [a.event_name for a in goal.actions]

@@ -130,6 +130,31 @@ def stack(tmp_path_factory):
         s.kill()
 
 
+class Listener:
+    """A local TCP port that counts every connection made to it: what a probe that should
+    reach no network (ClickHouse's url(), s3(), remote() ...) must leave at 0."""
+
+    def __init__(self):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.port = self.sock.getsockname()[1]
+        self.connections = 0
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.connections += 1
+            conn.close()
+
+    def close(self) -> None:
+        self.sock.close()
+
+
 def wait_for(predicate, timeout: float = 30.0, interval: float = 0.2):
     deadline = time.monotonic() + timeout
     while True:

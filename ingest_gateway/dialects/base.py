@@ -11,16 +11,20 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import logging
 import math
-from dataclasses import dataclass
+import zlib
+from collections import Counter
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Sequence
+from urllib.parse import unquote_plus
 
 import orjson
 from aiohttp import web
 
 from schemas.config import Credentials, GoalstreamConfig
-from schemas.kafka import KafkaUnavailable, RecordProducer
+from schemas.kafka import KafkaUnavailable, RecordProducer, RecordTooLarge
 from schemas import model
 from schemas.model import Record
 from schemas.warehouse import Warehouse, WarehouseError
@@ -41,6 +45,8 @@ class Services:
     models: Any = None  # stream_processors.goals.ModelStore: the embedded scorer's, else made on first use
     draining: bool = False
     inflight: int = 0
+    # Things refused and deliberately not stored (e.g. "pixel_unauthenticated"), for metrics.
+    counters: Counter = field(default_factory=Counter)
 
     async def publish(self, records: Sequence[Record]) -> None:
         if self.draining:
@@ -48,30 +54,36 @@ class Services:
         self.inflight += 1
         try:
             await self.producer.publish(records)
+        except RecordTooLarge as exc:
+            # Permanent: the same request can never be stored, so not a 503 "retry shortly".
+            raise errors.RecordTooLarge(f"a record of this request is too large to store: {exc}") from None
         except KafkaUnavailable as exc:
             raise errors.Unavailable("the event could not be stored right now; retry shortly", retry_after=5) from exc
         finally:
             self.inflight -= 1
 
-    async def reject(self, request: web.Request, raw: bytes, reason: str, dialect: str) -> None:
-        """Keep a refused request whose sender cannot see the error (a tracking pixel):
-        it goes to ``goalstream.deadletter`` with the reason, as received, for replay.
-        Best effort: the caller still gets its 4xx whether or not this was stored."""
-        letter = model.dead_letter(
-            reason=reason,
-            stage=f"gateway:{dialect}",
-            key=None,
-            value=raw,
-            headers={
-                "method": request.method.encode(),
-                "path_qs": request.path_qs.encode(),
-                "user-agent": request.headers.get("User-Agent", "").encode(),
-            },
-        )
+    async def reject(self, request: web.Request, path_qs: str, reason: str, dialect: str) -> None:
+        """Keep a refused, authenticated request whose sender cannot see the error (a
+        tracking pixel) in ``goalstream.deadletter`` with the reason, for diagnosis.
+
+        ``path_qs`` must come with its credential already redacted (``redact_query``). It is
+        kept up to ``MAX_DEAD_LETTER_BYTES`` (the ``truncated`` header then holds its full
+        length); no request header but the method and User-Agent is kept, so no
+        credential-bearing header is ever stored. Best effort: the caller still gets its
+        4xx whether or not this was stored."""
+        raw = path_qs.encode(errors="surrogateescape")
+        headers = {
+            "method": request.method.encode(errors="surrogateescape")[:16],
+            "path_qs": raw[:MAX_DEAD_LETTER_BYTES],
+            "user-agent": request.headers.get("User-Agent", "").encode(errors="surrogateescape")[:256],
+        }
+        if len(raw) > MAX_DEAD_LETTER_BYTES:
+            headers["truncated"] = str(len(raw)).encode()
+        letter = model.dead_letter(reason=reason[:1000], stage=f"gateway:{dialect}", key=None, value=raw[:MAX_DEAD_LETTER_BYTES], headers=headers)
         try:
             await self.producer.publish([letter])
-        except KafkaUnavailable:
-            log.error("could not dead-letter a refused %s request: %s", dialect, reason)
+        except (KafkaUnavailable, RecordTooLarge):
+            log.error("could not dead-letter a refused %s request: %s", dialect, reason[:200])
 
     async def wait_idle(self) -> None:
         """Until no publish is in flight (used before the embedded broker is recycled)."""
@@ -138,20 +150,234 @@ def json_response(body: Any, status: int = 200, headers: dict[str, str] | None =
     return web.Response(body=orjson.dumps(body), status=status, content_type="application/json", headers=headers)
 
 
-def parse_json(raw: bytes) -> Any:
+# -- JSON: exactly what was sent, or a clear refusal ----------------------------------
+#
+# orjson alone would store 2**64 as the float 1.8446744073709552e+19, keep the last of two
+# equal keys and accept "\u0000". So after the orjson parse a cheap pre-scan decides whether
+# the exact (slow) check must run: when the parsed value holds a float as large as an
+# integer orjson could not keep, when the raw text has a "\u0000" escape, or when the text's
+# strings (its unescaped quotes / 2: every key and string value is one) outnumber the keys
+# and strings orjson returned (an object lost a duplicated key).
+
+INT_MIN, INT_MAX = -(2**63), 2**64 - 1  # what orjson returns as an int (beyond: a float)
+# orjson turns an integer literal outside INT_MIN..INT_MAX into a float at or beyond these.
+_FLOAT_MIN, _FLOAT_MAX = float(INT_MIN), float(INT_MAX + 1)
+
+
+class _Refused(ValueError):
+    pass
+
+
+def _census(value: Any) -> tuple[int, bool]:
+    """(keys plus string values, whether a float is as large as an integer orjson could not
+    keep) of a parsed JSON value; iterative, as its depth is the sender's."""
+    n, big, stack = 0, False, [value]
+    pop, push = stack.pop, stack.append
+    while stack:
+        v = pop()
+        if type(v) is dict:
+            n += len(v)
+            v = v.values()
+        for x in v:
+            t = type(x)
+            if t is str:
+                n += 1
+            elif t is dict or t is list:
+                push(x)
+            elif t is float and not _FLOAT_MIN < x < _FLOAT_MAX:
+                big = True
+    return n, big
+
+
+def _exact(raw: bytes, what: str, param: str | None) -> None:
+    """The slow, exact check: integers within 64 bits, no duplicate key, no NUL."""
+
+    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        obj: dict[str, Any] = {}
+        for k, v in items:
+            if k in obj:
+                raise _Refused(f"{what} has the key {k[:100]!r} twice in one object; send each key once")
+            obj[k] = v
+        return obj
+
+    def integer(text: str) -> int:
+        n = int(text) if len(text) <= 40 else None
+        if n is None or not INT_MIN <= n <= INT_MAX:
+            raise _Refused(
+                f"{what} has the integer {text[:40]}{'...' if len(text) > 40 else ''}, outside the 64-bit range "
+                f"{INT_MIN}..{INT_MAX}; send it as a string to keep every digit"
+            )
+        return n
+
+    try:
+        value = json.loads(raw, object_pairs_hook=pairs, parse_int=integer)
+    except _Refused as exc:
+        raise errors.InexactJSON(str(exc), param=param) from None
+    except (ValueError, RecursionError):
+        raise errors.InexactJSON(f"{what} is nested too deeply", param=param) from None
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, dict):
+            if any("\x00" in k for k in v):
+                raise errors.InexactJSON(f"{what} has a key with a NUL character (\\u0000)", param=param)
+            stack.extend(v.values())
+        elif isinstance(v, list):
+            stack.extend(v)
+        elif isinstance(v, str) and "\x00" in v:
+            raise errors.InexactJSON(f"{what} has a string with a NUL character (\\u0000)", param=param)
+
+
+def parse_json(raw: bytes, *, what: str = "the request body", param: str | None = None) -> Any:
+    """``raw`` as JSON, exactly as sent; ``InvalidJSON`` (400) when it is not JSON, has an
+    integer outside 64 bits, a duplicate key in an object or a NUL character anywhere."""
     if not raw.strip():
-        raise errors.InvalidJSON("the request body is empty; a JSON body is required")
+        raise errors.InvalidJSON(f"{what} is empty; a JSON body is required", param=param)
     try:
-        return orjson.loads(raw)
+        value = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        raise errors.InvalidJSON(f"the request body is not valid JSON: {exc}") from None
+        raise errors.InvalidJSON(f"{what} is not valid JSON: {exc}", param=param) from None
+    # Without a backslash (most bodies) there is no escape at all: no NUL escape, no escaped
+    # quote. A one-byte search is memchr, ~80x cheaper than a two-byte one.
+    escapes = b"\\" in raw
+    if type(value) is dict or type(value) is list:
+        strings, big = _census(value)
+        if big or strings != _string_tokens(raw, escapes) or escapes and b"\\u0000" in raw:
+            _exact(raw, what, param)
+    elif escapes and b"\\u0000" in raw or type(value) is float and not _FLOAT_MIN < value < _FLOAT_MAX:
+        _exact(raw, what, param)
+    return value
 
 
-async def read_body(request: web.Request) -> bytes:
+def _string_tokens(raw: bytes, escapes: bool = True) -> int:
+    """How many strings (keys included) valid JSON text has: its unescaped quotes / 2.
+
+    A quote is escaped when an odd number of backslashes precede it. ``count(j * "\\" +
+    '"')`` counts the quotes preceded by at least j of them, so the escaped ones are
+    c1 - c2 + c3 - ... (almost always just c1 = 0)."""
+    quotes, escaped, j, sign = raw.count(b'"'), 0, 1, 1
+    if not escapes:
+        return quotes // 2
+    while quotes and (c := raw.count(b"\\" * j + b'"')):
+        escaped += sign * c
+        j, sign = j + 1, -sign
+    return (quotes - escaped) // 2
+
+
+# -- property limits -------------------------------------------------------------------
+
+MAX_PROPERTIES = 1000  # keys of an event's properties or a customer's attributes, nested ones counted
+MAX_DEPTH = 32  # objects and arrays inside one another, from the properties down
+
+
+def check_properties(value: Any, param: str, *, max_keys: int = MAX_PROPERTIES, max_depth: int = MAX_DEPTH) -> None:
+    """The general per-record limit of dialects whose vendor documents none: at most
+    ``max_keys`` keys counted over every nested object, containers nested at most
+    ``max_depth`` deep (``value`` itself is level 1). Walked level by level, iteratively."""
+    keys, level, depth = 0, [value], 0
+    while level:
+        depth += 1
+        if depth > max_depth:
+            raise errors.LimitExceeded(f"'{param}' nests objects and arrays more than {max_depth} deep", param=param)
+        below = []
+        for v in level:
+            if type(v) is dict:
+                keys += len(v)
+                v = v.values()
+            for x in v:
+                if type(x) is dict or type(x) is list:
+                    below.append(x)
+        if keys > max_keys:
+            raise errors.LimitExceeded(f"'{param}' has more than {max_keys} keys (nested ones counted)", param=param)
+        level = below
+
+
+# -- request bodies --------------------------------------------------------------------
+
+# What HTTP clients and the Segment/RudderStack SDKs send. Anything else (br, zstd, x-gzip,
+# codings stacked, unknown names) is refused with 415 rather than stored undecoded.
+CODINGS = ("gzip", "deflate")
+_CHUNK = 64 * 1024
+# A refused pixel call is kept up to this much of its path and query.
+MAX_DEAD_LETTER_BYTES = 8192
+
+
+def content_coding(request: web.Request) -> str | None:
+    """The body's one content coding (``gzip`` or ``deflate``), None if it has none."""
+    header = request.headers.get("Content-Encoding", "")
+    codings = [c.strip().lower() for c in header.split(",")]
+    codings = [c for c in codings if c and c != "identity"]
+    if not codings:
+        return None
+    if len(codings) == 1 and codings[0] in CODINGS:
+        return codings[0]
+    raise errors.UnsupportedEncoding(
+        f"Content-Encoding {header[:40]!r} is not supported: send the body unencoded, gzip or deflate", param="Content-Encoding"
+    )
+
+
+def _too_large(limit: int, coding: str | None) -> errors.PayloadTooLarge:
+    return errors.PayloadTooLarge(f"the request body is over {limit} bytes{' inflated' if coding else ''}")
+
+
+async def read_body(request: web.Request, limit: int | None = None) -> bytes:
+    """The body, inflated when it is gzip or deflate; ``PayloadTooLarge`` once it passes
+    ``limit`` bytes (default: the app's ``client_max_size``), inflated or not.
+
+    Bounded memory: the body is read a chunk at a time and inflated at most ``limit + 1``
+    bytes at a time, so a gzip bomb costs about ``limit`` and is never inflated whole. The
+    servers run aiohttp with ``auto_decompress=False`` so the coding is decoded here, where
+    a truncated stream or trailing bytes are refused; under a server that inflates itself
+    (``total_compressed_bytes`` set) the inflated bytes are counted the same way."""
+    limit = request.client_max_size if limit is None else limit
+    coding = content_coding(request)
+    # Compressed data is at most a little larger than its content.
+    raw_cap = limit + limit // 64 + 1024 if coding else limit
+    if request.content_length is not None and request.content_length > raw_cap:
+        raise _too_large(limit, coding)
+    inflate = coding is not None and request.content.total_compressed_bytes is None
+    inflater: Any = None
+    out, raw_size = bytearray(), 0
+    bad = errors.InvalidJSON(f"the request body is not valid {coding}: it could not be decompressed")
     try:
-        return await request.read()
-    except web.HTTPRequestEntityTooLarge as exc:
-        raise errors.PayloadTooLarge(f"the request body exceeds {exc.max_size} bytes") from None
+        while chunk := await request.content.read(_CHUNK):
+            raw_size += len(chunk)
+            if raw_size > raw_cap:
+                raise _too_large(limit, coding)
+            if not inflate:
+                out += chunk
+            else:
+                if inflater is None:
+                    # RFC 9110 deflate is zlib-wrapped; some clients send it raw (as aiohttp allows).
+                    wbits = 31 if coding == "gzip" else (15 if chunk[0] & 0x0F == 8 else -15)
+                    inflater = zlib.decompressobj(wbits=wbits)
+                while chunk:
+                    if inflater.eof:
+                        raise bad  # bytes after the end of the stream
+                    out += inflater.decompress(chunk, limit + 1 - len(out))
+                    if len(out) > limit:
+                        break
+                    chunk = inflater.unconsumed_tail or inflater.unused_data
+            if len(out) > limit:
+                raise _too_large(limit, coding)
+    except (web.RequestPayloadError, zlib.error):
+        raise bad from None
+    if inflater is not None and not inflater.eof:
+        raise errors.InvalidJSON(f"the request body is truncated {coding}: the stream does not end")
+    return bytes(out)
+
+
+def redact_query(path_qs: str, names: tuple[str, ...] = ("api_token",)) -> str:
+    """``path_qs`` with the value of every query parameter in ``names`` replaced by
+    ``REDACTED`` (however its name was percent-encoded); everything else as received."""
+    path, sep, query = path_qs.partition("?")
+    if not sep:
+        return path_qs
+    parts = []
+    for part in query.split("&"):
+        name, eq, _ = part.partition("=")
+        parts.append(f"{name}=REDACTED" if unquote_plus(name).strip() in names else part)
+    return f"{path}?{'&'.join(parts)}"
 
 
 def identifier(value: Any, param: str, *, required: bool = True, max_len: int = 255) -> str | None:
@@ -165,6 +391,8 @@ def identifier(value: Any, param: str, *, required: bool = True, max_len: int = 
     text = str(value)
     if len(text) > max_len:
         raise errors.InvalidRequest(f"'{param}' is longer than {max_len} characters", param=param)
+    if "\x00" in text:
+        raise errors.InvalidRequest(f"'{param}' has a NUL character", param=param)
     return text
 
 
@@ -177,6 +405,8 @@ def text(value: Any, param: str, *, required: bool = True, max_len: int = 1000) 
         raise errors.InvalidRequest(f"'{param}' must be a string", param=param)
     if len(value) > max_len:
         raise errors.InvalidRequest(f"'{param}' is longer than {max_len} characters", param=param)
+    if "\x00" in value:
+        raise errors.InvalidRequest(f"'{param}' has a NUL character", param=param)
     return value
 
 

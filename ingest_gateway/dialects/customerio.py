@@ -40,7 +40,7 @@ from schemas import model
 
 from .. import errors
 from . import forms
-from .base import Dialect, basic_auth, json_response, read_body, unix_seconds
+from .base import Dialect, basic_auth, json_response, parse_json, read_body, unix_seconds
 
 # Customer.io's documented Track API limits (docs.customer.io/api/track, "Track API limits").
 MAX_ID_BYTES = 150  # customer id (and other identifiers)
@@ -83,8 +83,10 @@ def check_id(value: Any, field: str) -> str:
     if isinstance(value, bool) or not isinstance(value, (str, int)) or (isinstance(value, str) and not value.strip()):
         raise FieldError(f"'{field}' must be a non-empty string or integer", field=field, reason="required" if value in (None, "") else "invalid")
     text = str(value)
-    if len(text.encode()) > MAX_ID_BYTES:
+    if len(text.encode(errors="surrogateescape")) > MAX_ID_BYTES:
         raise LimitError(f"'{field}' is longer than {MAX_ID_BYTES} bytes", field=field)
+    if "\x00" in text:
+        raise FieldError(f"'{field}' has a NUL character", field=field)
     return text
 
 
@@ -389,9 +391,14 @@ class CustomerIO(Dialect):
 
         return resolve
 
-    async def _start(self, request: web.Request) -> tuple[Decoder, bytes]:
+    async def _start(self, request: web.Request, limit: int | None = None, what: str = "") -> tuple[Decoder, bytes]:
         workspace = self.authenticate(request)
-        raw = await read_body(request)
+        try:
+            raw = await read_body(request, limit)
+        except errors.PayloadTooLarge as exc:
+            if limit is None:
+                raise LimitError(exc.message) from None
+            raise LimitError(f"the request body is over {limit} bytes; {what} must be smaller than {limit} bytes") from None
         decoder = Decoder(workspace=workspace, source=self.name, received=model.now_ms(), resolve=await self._resolver(workspace))
         return decoder, raw
 
@@ -410,9 +417,9 @@ class CustomerIO(Dialect):
         if request.content_type.startswith("multipart/"):
             raise FieldError("send the body as JSON or application/x-www-form-urlencoded")
         try:
-            return orjson.loads(raw)
-        except orjson.JSONDecodeError as exc:
-            raise FieldError(f"the request body is not valid JSON: {exc}") from None
+            return parse_json(raw)
+        except errors.InvalidJSON as exc:
+            raise FieldError(exc.message) from None
 
     @staticmethod
     def path_id(request: web.Request) -> str:
@@ -513,7 +520,7 @@ class CustomerIO(Dialect):
     # -- v2 ----------------------------------------------------------------------------
 
     async def batch(self, request: web.Request) -> web.Response:
-        d, raw = await self._start(request)
+        d, raw = await self._start(request, MAX_V2_BATCH_BYTES, "a batch")
         if len(raw) >= MAX_V2_BATCH_BYTES:
             raise LimitError(f"the request body is {len(raw)} bytes; a batch must be smaller than {MAX_V2_BATCH_BYTES} bytes")
         body = _object(self.body(request, raw))
@@ -530,7 +537,7 @@ class CustomerIO(Dialect):
         return await self._done(records)
 
     async def entity(self, request: web.Request) -> web.Response:
-        d, raw = await self._start(request)
+        d, raw = await self._start(request, MAX_V2_ENTITY_BYTES, "it")
         if len(raw) >= MAX_V2_ENTITY_BYTES:
             raise LimitError(f"the request body is {len(raw)} bytes; it must be smaller than {MAX_V2_ENTITY_BYTES} bytes")
         return await self._done(await d.v2_operation(_object(self.body(request, raw))))
@@ -539,7 +546,7 @@ class CustomerIO(Dialect):
 
     def render_error(self, error: errors.GatewayError, request: web.Request) -> web.Response:
         # Customer.io documents 400 for every client mistake, size limits included.
-        status = 400 if error.status in (413, 422) else error.status
+        status = 400 if error.status in (413, 415, 422) else error.status
         headers = {"Retry-After": str(error.retry_after)} if error.retry_after else None
         if request.path.startswith("/api/v2/"):
             detail = error.detail if isinstance(error.detail, dict) else {}

@@ -8,7 +8,8 @@ value becomes a number only when it is spelled the way JSON would print that num
 phone numbers and zip codes must not lose digits). ``true`` and ``false`` become booleans,
 because the JSON form of the same call would carry booleans (``unsubscribed=true``).
 Everything else is a string. Nothing is dropped: a key given twice, or used both as a
-value and as an object, is an error the caller has to fix.
+value and as an object, is an error the caller has to fix, and so is a NUL character
+(``%00``) in a name or value (as in JSON bodies).
 """
 
 from __future__ import annotations
@@ -69,6 +70,8 @@ def decode(raw: bytes) -> dict[str, Any]:
         raise FormError(f"the form body is not valid UTF-8 after percent-decoding: {exc}") from None
     out: dict[str, Any] = {}
     for key, value in pairs:
+        if "\x00" in key or "\x00" in value:
+            raise FormError(f"form key {key.replace(chr(0), '%00')[:100]!r} has a NUL character (%00) in its name or value")
         parts = _path(key)
         node: Any = out
         for i, part in enumerate(parts[:-1]):

@@ -315,6 +315,8 @@ class Retainly(Dialect):
         raw = await read_body(request)
         try:
             return workspace, parse_json(raw)
+        except errors.InexactJSON:
+            raise  # valid JSON, refused for a reason the message names
         except errors.InvalidJSON:
             raise errors.InvalidJSON(INVALID_JSON) from None
 

@@ -3,10 +3,10 @@
 Routes: ``POST /v1/batch`` (and ``/v1/import``, Segment's alias for it), ``/v1/identify``,
 ``/v1/track``, ``/v1/page``, ``/v1/screen``, ``/v1/group``, ``/v1/alias``. The write key
 comes as HTTP Basic (key as the user, empty password) or as ``writeKey`` in the JSON body
-(top level, also of a batch) and names a workspace. Bodies may be gzip (aiohttp inflates
-them as they are read, a bounded chunk at a time; the size limits apply to the inflated
-bytes and reading stops one byte past the limit, so a gzip bomb costs about that much
-memory and is never inflated whole).
+(top level, also of a batch) and names a workspace. Bodies may be gzip or deflate
+(``base.read_body`` inflates them a bounded chunk at a time; the size limits apply to the
+inflated bytes and reading stops one byte past the limit, so a gzip bomb costs about that
+much memory and is never inflated whole); other codings are refused with 415.
 
 What each message becomes (one request is decoded whole, then published in one call;
 one bad message refuses the whole request, naming it as ``batch[i]``):
@@ -59,7 +59,7 @@ from aiohttp import web
 from schemas import model
 
 from .. import errors
-from .base import Dialect, basic_auth, identifier, json_response, parse_json, unix_seconds
+from .base import Dialect, basic_auth, check_properties, identifier, json_response, parse_json, read_body, unix_seconds
 
 MAX_MESSAGE_BYTES = 32 * 1024  # one message, or the whole body of a single call
 MAX_BATCH_BYTES = 500 * 1024  # a batch request's body, inflated
@@ -87,6 +87,8 @@ CODES: dict[type[errors.GatewayError], str] = {
     errors.InvalidJSON: "invalid_json",
     errors.LimitExceeded: "payload_too_large",
     errors.PayloadTooLarge: "payload_too_large",
+    errors.RecordTooLarge: "payload_too_large",
+    errors.UnsupportedEncoding: "unsupported_encoding",
     errors.Unauthenticated: "invalid_write_key",
     errors.Forbidden: "forbidden",
     errors.NotFound: "not_found",
@@ -238,6 +240,7 @@ def decode_message(
         traits = _object(message.get("traits"), "traits", "traits_not_object")
         rudder_traits = _object(context.get("traits"), "context.traits", "traits_not_object")
         attributes = {**_extras(message, kind), **rudder_traits, **traits}
+        check_properties(attributes, "traits")
         created = attributes.get("createdAt")
         if isinstance(created, (int, float)) and not isinstance(created, bool):
             created_ms = unix_seconds(created, "traits.createdAt")
@@ -277,6 +280,7 @@ def decode_message(
         properties = {**_extras(message, kind), "groupId": group_id, "traits": traits}
     if context:
         properties["segment_context" if "context" in properties else "context"] = context
+    check_properties(properties, "properties")
     return model.event(
         workspace=workspace,
         customer_id=user_id or "",
@@ -330,22 +334,6 @@ def decode_batch(
     return records
 
 
-async def read_limited(request: web.Request, limit: int) -> bytes:
-    """The body, inflated if it was compressed, refused once it passes ``limit`` bytes."""
-    buf = bytearray()
-    try:
-        while chunk := await request.content.read(limit + 1 - len(buf)):
-            buf += chunk
-            if len(buf) > limit:
-                raise errors.LimitExceeded(
-                    f"Exceed payload limit: the body (inflated) is over {limit} bytes ({limit // 1024} KB) for {request.path}",
-                )
-    except web.RequestPayloadError:
-        encoding = request.headers.get("Content-Encoding", "")
-        raise errors.InvalidJSON(f"the body is not valid {encoding or 'content'}: it could not be decompressed") from None
-    return bytes(buf)
-
-
 class Segment(Dialect):
     name = "segment"
     prefixes = ("/v1/",)
@@ -390,7 +378,13 @@ class Segment(Dialect):
         """Authenticate (header first: a wrong key is refused before the body is read) and parse."""
         header_key = self._header_key(request)
         workspace = self._workspace(header_key) if header_key is not None else None
-        body = parse_json(await read_limited(request, limit))
+        try:
+            raw = await read_body(request, limit)
+        except errors.PayloadTooLarge:
+            raise errors.LimitExceeded(
+                f"Exceed payload limit: the body (inflated) is over {limit} bytes ({limit // 1024} KB) for {request.path}"
+            ) from None
+        body = parse_json(raw)
         if not isinstance(body, dict):
             raise errors.InvalidJSON("the body must be a JSON object")
         if workspace is None:

@@ -24,7 +24,7 @@ from schemas.warehouse import WarehouseError
 from stream_processors import goals
 
 from .. import errors
-from .base import Dialect, identifier, json_response, limit_param, parse_json, read_body, text, unix_seconds
+from .base import Dialect, check_properties, identifier, json_response, limit_param, parse_json, read_body, text, unix_seconds
 
 # The attributes the seed always prints for a customer (null when not given).
 CUSTOMER_FIELDS = (
@@ -49,6 +49,7 @@ ERROR_TYPES: dict[int, str] = {
     405: "api_invalid_request_error",
     406: "api_invalid_request_error",
     413: "api_invalid_request_error",
+    415: "api_invalid_request_error",
     422: "api_invalid_request_error",
     429: "api_error",
     500: "api_error",
@@ -70,13 +71,25 @@ def _encode_cursor(values: list[Any]) -> str:
     return base64.urlsafe_b64encode(orjson.dumps(values)).decode().rstrip("=")
 
 
-def _decode_cursor(raw: str, arity: int) -> list[Any]:
-    try:
-        values = orjson.loads(base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)))
-        if isinstance(values, list) and len(values) == arity:
+MAX_CURSOR = 1024  # characters; the cursors this API returns are far shorter
+
+
+def _cursor_part(value: Any, kind: type) -> bool:
+    if kind is int:  # a timestamp in ms, as the events list returns it
+        return type(value) is int and 0 <= value < 2**63
+    return type(value) is str and len(value) <= 1000  # an id (message_id, customer_id)
+
+
+def _decode_cursor(raw: str, kinds: tuple[type, ...]) -> list[Any]:
+    """A cursor this API returned: its values, of exactly the types it put in; else 400
+    (a forged cursor never restarts the listing nor reaches the query)."""
+    if len(raw) <= MAX_CURSOR:
+        try:
+            values = orjson.loads(base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)))
+        except (ValueError, orjson.JSONDecodeError):
+            values = None
+        if isinstance(values, list) and len(values) == len(kinds) and all(map(_cursor_part, values, kinds)):
             return values
-    except (ValueError, orjson.JSONDecodeError):
-        pass
     raise errors.InvalidRequest("'cursor' is not a cursor this API returned", param="cursor")
 
 
@@ -183,6 +196,7 @@ class Traitly(Dialect):
         ts = unix_seconds(item.get("created_at"), "created_at")
         message_id = identifier(item.get("message_id"), "message_id", required=False)
         properties = {k: v for k, v in item.items() if k not in ("customer_id", "name", "created_at", "message_id")}
+        check_properties(properties, "properties")
         rec = model.event(
             workspace=workspace,
             customer_id=customer_id,
@@ -205,9 +219,9 @@ class Traitly(Dialect):
             where.append("(customer_id IN {ids:Array(String)} OR (customer_id = '' AND anonymous_id IN {ids:Array(String)}))")
             params["ids"] = await self.services.identity(params["ws"], customer_id)
         if cursor := request.query.get("cursor"):
-            ts, mid = _decode_cursor(cursor, 2)
+            ts, mid = _decode_cursor(cursor, (int, str))
             where.append("(toUnixTimestamp64Milli(timestamp), message_id) > ({cts:Int64}, {cmid:String})")
-            params.update(cts=int(ts), cmid=str(mid))
+            params.update(cts=ts, cmid=mid)
         rows = await self.services.read(
             "SELECT message_id, customer_id, name, toUnixTimestamp64Milli(timestamp) AS ts, properties "
             f"FROM events FINAL WHERE {' AND '.join(where)} ORDER BY timestamp, message_id LIMIT {{n:UInt32}}",
@@ -247,6 +261,7 @@ class Traitly(Dialect):
         message_id = identifier(item.get("message_id"), "message_id", required=False)
         attributes = {k: v for k, v in item.items() if k not in ("customer_id", "created_at", "message_id")}
         attributes.update(name=name, email=email, plan=plan)
+        check_properties(attributes, "attributes")
         rec = model.customer_upsert(
             workspace=workspace,
             customer_id=customer_id,
@@ -264,9 +279,9 @@ class Traitly(Dialect):
     async def list_customers(self, request: web.Request) -> web.Response:
         limit, where, params = self._list_query(request, ("customer_id", "name", "plan"))
         if cursor := request.query.get("cursor"):
-            (after,) = _decode_cursor(cursor, 1)
+            (after,) = _decode_cursor(cursor, (str,))
             where.append("customer_id > {after:String}")
-            params["after"] = str(after)
+            params["after"] = after
         rows = await self.services.read(
             "SELECT customer_id, toUnixTimestamp64Milli(created_at) AS created, attributes "
             f"FROM customers FINAL WHERE {' AND '.join(where)} ORDER BY customer_id LIMIT {{n:UInt32}}",

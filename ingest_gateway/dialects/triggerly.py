@@ -10,7 +10,8 @@ their JSON types and date-looking strings are kept as sent: the ClickHouse views
 trigger.ly documents no response bodies, so a call answers ``{"status": "ok"}`` and an
 error ``{"status": "error", "message", "param"?}`` with its 4xx status. With ``image=1``
 (a tracking pixel in a page or an email) every answer, error or not, is a 1x1 GIF, and
-a refused pixel call also goes to the dead-letter topic: its sender never sees errors.
+a refused pixel call with a valid ``api_token`` also goes to the dead-letter topic, the
+token redacted (its sender never sees errors); one without is only counted.
 Every answer forbids caching, since a cached GET is a tracking call that never arrives.
 """
 
@@ -23,13 +24,12 @@ from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
 from typing import Any, Callable
 
-import orjson
 from aiohttp import web
 
 from schemas import model
 
 from .. import errors
-from .base import Dialect, identifier, json_response, text
+from .base import Dialect, check_properties, identifier, json_response, parse_json, redact_query, text
 
 # None is documented; this is far above any real user or event, and bounds what one
 # unauthenticated-looking GET can make us decode. (With aiohttp's default 8190-byte
@@ -77,9 +77,12 @@ def decode_data(values: list[str]) -> dict[str, Any]:
     except binascii.Error:
         raise errors.InvalidRequest("'data' is not valid base64", param="data") from None
     try:
-        obj = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise errors.InvalidJSON(f"'data' does not decode to valid UTF-8 JSON: {exc}", param="data") from None
+        obj = parse_json(raw, what="'data'", param="data")
+    except errors.InexactJSON:
+        raise  # valid JSON refused for a reason its message names
+    except errors.InvalidJSON as exc:
+        why = exc.message.partition("JSON: ")[2] or "it is empty"
+        raise errors.InvalidJSON(f"'data' does not decode to valid UTF-8 JSON: {why}", param="data") from None
     if not isinstance(obj, dict):
         raise errors.InvalidJSON("'data' must encode a JSON object", param="data")
     return obj
@@ -125,6 +128,7 @@ def parse_date(value: Any, param: str = "date") -> int | None:
 def user_record(workspace: str, obj: dict[str, Any], received_ms: int, source: str = "triggerly") -> model.Record:
     customer_id = identifier(obj.get("id"), "id")
     attributes = {k: v for k, v in obj.items() if k != "id"}
+    check_properties(attributes, "data")
     return model.customer_upsert(
         workspace=workspace,
         customer_id=customer_id,
@@ -140,6 +144,7 @@ def event_record(workspace: str, obj: dict[str, Any], received_ms: int, source: 
     customer_id = identifier(obj.get("user_id"), "user_id", required=False) or ""
     timestamp = parse_date(obj.get("date"))
     properties = {k: v for k, v in obj.items() if k not in ("type", "user_id", "date")}
+    check_properties(properties, "data")
     return model.event(
         workspace=workspace,
         customer_id=customer_id,
@@ -205,18 +210,25 @@ class Triggerly(Dialect):
         return await self._keeping_pixels(request, accept)
 
     async def _keeping_pixels(self, request: web.Request, handle: Callable[[], Any]) -> web.Response:
-        """Run ``handle``; if it refuses a pixel call, keep the call as a dead letter first.
+        """Run ``handle``; if it refuses a pixel call with a valid ``api_token``, keep the
+        call as a dead letter first, the token redacted.
 
-        Not for 503s: Kafka is what failed, so the dead letter would fail (slowly) too.
-        Non-pixel callers see their error and can fix and resend, so they are not kept."""
+        A pixel call without a valid token is only counted (``pixel_unauthenticated``):
+        storing it would let anyone fill storage without a credential. Not for 503s: Kafka
+        is what failed, so the dead letter would fail (slowly) too. Non-pixel callers see
+        their error and can fix and resend, so they are not kept."""
         try:
             return await handle()
-        except errors.Unavailable:
-            raise
+        except (errors.Unavailable, errors.TooManyRequests):
+            raise  # retriable (and a rate-limited flood must not fill the dead letters)
         except Exception as exc:
             if wants_pixel(request):
-                reason = f"{exc.status} {exc.message}" if isinstance(exc, errors.GatewayError) else f"500 {exc!r}"
-                await self.services.reject(request, request.raw_path.encode(), reason, self.name)
+                token = request.query.get("api_token", "").strip()
+                if not token or self.services.credentials.match("triggerly_api_token", token) is None:
+                    self.services.counters["pixel_unauthenticated"] += 1
+                else:
+                    reason = f"{exc.status} {exc.message}" if isinstance(exc, errors.GatewayError) else "500 internal error"
+                    await self.services.reject(request, redact_query(request.raw_path), reason, self.name)
             raise
 
     def render_error(self, error: errors.GatewayError, request: web.Request) -> web.Response:

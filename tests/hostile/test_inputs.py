@@ -223,6 +223,9 @@ def test_pixels_of_strangers_are_not_stored(attacker, seeded):
     text = json.dumps(rows)
     assert ACME["triggerly_api_token"] not in text
     assert "wrong-token-" not in text
+    # Counted, not stored.
+    health = attacker.request("GET", "/healthz", category="pixels", probe="healthz counters").json()
+    assert health["counters"]["pixel_unauthenticated"] >= 50, health
 
 
 def test_nothing_a_probe_sent_was_stored(attacker, seeded):

@@ -63,6 +63,8 @@ async def client(broker, warehouse):
     settings = GatewaySettings(kafka=broker.bootstrap, clickhouse=warehouse.dsn)
     app = create_app(settings, parse_config(globex_config()), warehouse=warehouse)
     c = TestClient(TestServer(app))
+    # As `goalstream up` serves it: content codings are decoded (with limits) by read_body.
+    await c.server.start_server(auto_decompress=False)
     await c.start_server()
     yield c
     await c.close()
