@@ -77,14 +77,16 @@ class Report:
         by: dict[str, list[tuple[str, int | None, float]]] = defaultdict(list)
         for cat, probe, status, secs in self.rows:
             by[cat].append((probe, status, secs))
-        lines = [f"{'category':<14} {'probes':>6} {'2xx':>5} {'4xx':>5} {'5xx':>5} {'closed':>6} {'slowest s':>9}"]
+        lines = [f"{'category':<14} {'probes':>6} {'2xx':>5} {'4xx':>5} {'5xx':>5} {'closed':>6} {'slowest s':>9}  slowest probe"]
         for cat, rows in by.items():
             count = lambda lo, hi: sum(1 for _, s, _ in rows if s is not None and lo <= s < hi)  # noqa: E731
             closed = sum(1 for _, s, _ in rows if s is None)
             lines.append(
                 f"{cat:<14} {len(rows):>6} {count(200, 300):>5} {count(400, 500):>5} {count(500, 600):>5} "
-                f"{closed:>6} {max(t for _, _, t in rows):>9.2f}"
+                f"{closed:>6} {max(t for _, _, t in rows):>9.2f}  {max(rows, key=lambda r: r[2])[0][:40]}"
             )
+            if ok := [p for p, s, _ in rows if s is not None and 200 <= s < 300 and cat not in ("setup", "sql-allowed", "sql-contain", "sql-dos-api")]:
+                lines.append(f"{'':<14} 2xx: {', '.join(sorted(set(ok)))[:200]}")
         return lines
 
 
