@@ -146,7 +146,7 @@ async def _gateway(settings: GatewaySettings, config: GoalstreamConfig) -> int:
 async def _dispatcher(settings: CommonSettings, config: GoalstreamConfig) -> int:
     from schemas.kafka import ensure_topics
     from schemas.warehouse import Warehouse
-    from stream_processors.dispatcher import Dispatcher
+    from stream_processors.webhooks.dispatcher import Dispatcher
 
     await ensure_topics(settings.kafka_bootstrap, settings.topic_partitions, settings.topic_replication)
     warehouse = await Warehouse(settings.clickhouse_dsn).open()
@@ -314,7 +314,8 @@ def _train(settings: WorkerSettings, config: GoalstreamConfig, goal: str | None,
 async def _train_direct(settings: WorkerSettings, config: GoalstreamConfig, goal: str | None) -> list[dict]:
     """No stack on this data dir: train against ClickHouse and store; workers pick it up."""
     from schemas.warehouse import Warehouse
-    from stream_processors import goals, propensity, scoring
+    from stream_processors.scoring import goals, propensity
+    from stream_processors.scoring import processor as scoring
 
     warehouse = await Warehouse(settings.clickhouse_dsn).open()
     try:

@@ -31,8 +31,8 @@ from schemas.kafka import end_offsets, ensure_topics
 from schemas.settings import StackSettings
 from schemas.warehouse import Warehouse
 from stream_processors.app import Processors
-from stream_processors.dispatcher import Dispatcher
-from stream_processors.goals import ModelStore
+from stream_processors.webhooks.dispatcher import Dispatcher
+from stream_processors.scoring.goals import ModelStore
 
 from . import logsafe
 from .app import HEALTH, MAX_LINE, SERVICES, create_app

@@ -38,7 +38,7 @@ from schemas.settings import WorkerSettings
 from schemas.warehouse import Warehouse, WarehouseError
 
 from . import customers as cust
-from .scoring import Scorer
+from .scoring.processor import Scorer
 from .errors import BadRecord
 
 log = logging.getLogger("goalstream.processors")

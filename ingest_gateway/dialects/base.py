@@ -108,7 +108,7 @@ class Services:
         if self.warehouse is None or not self.warehouse.is_open:
             raise errors.Unavailable("reads are not available on this gateway", retry_after=5)
         if self.models is None:
-            from stream_processors.goals import ModelStore
+            from stream_processors.scoring.goals import ModelStore
 
             self.models = ModelStore(self.warehouse)
         return self.models

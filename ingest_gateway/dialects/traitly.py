@@ -21,7 +21,7 @@ from aiohttp import web
 
 from schemas import model
 from schemas.warehouse import WarehouseError
-from stream_processors import goals
+from stream_processors.scoring import goals
 
 from .. import errors
 from .base import Dialect, check_properties, identifier, json_response, limit_param, parse_json, read_body, text, unix_seconds

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from stream_processors import propensity
+from stream_processors.scoring import propensity
 
 DAY_MS = 86_400_000
 

@@ -4,7 +4,7 @@ import random
 from datetime import datetime, timezone
 
 from schemas.config import DEV_CONFIG, parse_config
-from stream_processors import dispatcher as d
+from stream_processors.webhooks import dispatcher as d
 
 
 def test_webhook_id_is_stable_ascii_without_dots():

@@ -1,7 +1,7 @@
-"""Goal states and what an assessment says, without ClickHouse (pure parts of stream_processors.goals)."""
+"""Goal states and what an assessment says, without ClickHouse (pure parts of stream_processors.scoring.goals)."""
 
 from schemas.config import Action, Goal
-from stream_processors import goals, propensity
+from stream_processors.scoring import goals, propensity
 from tests.sim import population as sim
 
 DAY = goals.DAY_MS

@@ -17,7 +17,7 @@ import pytest
 from scipy.stats import spearmanr
 from sklearn.metrics import roc_auc_score
 
-from stream_processors import propensity as pr
+from stream_processors.scoring import propensity as pr
 from tests.sim import population
 
 NOW = 1_750_000_000_000

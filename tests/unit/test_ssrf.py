@@ -18,7 +18,7 @@ import aiohttp.abc
 import pytest
 from aiohttp import web
 
-from stream_processors import ssrf
+from stream_processors.webhooks import ssrf
 
 # --- check_ip table ----------------------------------------------------------------------------
 

@@ -9,7 +9,7 @@ import hmac
 
 import pytest
 
-from stream_processors import webhook_signing as ws
+from stream_processors.webhooks import signing as ws
 
 # The test vector of the standard-webhooks reference libraries (libraries/python/tests/test_webhooks.py
 # ``test_sign_function``; the same values appear in svix's libraries).

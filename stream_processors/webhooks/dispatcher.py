@@ -44,7 +44,8 @@ from schemas.model import Record
 from schemas.settings import CommonSettings
 from schemas.warehouse import Warehouse, WarehouseError
 
-from . import ssrf, webhook_signing
+from . import ssrf
+from . import signing as webhook_signing
 
 log = logging.getLogger("goalstream.dispatcher")
 
