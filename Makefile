@@ -1,10 +1,10 @@
-# make run | make test | make install | make hostile | make bench  (see README.md)
+# make run | make check | make test | make install | make hostile | make bench  (see README.md)
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test hostile bench clean
+.PHONY: install run check test hostile bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,12 @@ install: $(STAMP)
 run: $(STAMP)
 	@exec $(BIN)/goalstream up
 
+# The fast lane: unit tests and the golden fixtures' contract lane (no broker, no stack);
+# everything under tests/integration, tests/hostile and tests/faults is left to `make test`.
+check: $(STAMP)
+	$(BIN)/python -m pytest -ra -m "not integration"
+
+# The full suite (CI runs it).
 test: $(STAMP)
 	$(BIN)/python -m pytest -ra
 

@@ -1,30 +1,35 @@
-"""The gateway's aiohttp application: dialect routes, error rendering, health, admin SQL.
+"""The gateway's aiohttp application: dialect routes, error rendering, health, admin SQL
+and training.
 
-``create_app`` builds one app from the settings and config. Requests flow to the dialect
-that owns their path; anything it raises (and aiohttp's own 404/405/413) is rendered by
-that dialect in its vendor's error shape, so a caller never sees another vendor's
-errors. The Kafka producer lives in the app's ``cleanup_ctx``: started before the first
-request, flushed and stopped after the last. The warehouse is opened here too unless the
-caller (the embedded stack, which shares one chDB handle) passes its own.
+``create_app`` builds one app from the settings, the config and what it is handed (the
+protocols of ``ingest_gateway.ports``: a record sink, a ClickHouse reader, a recommender,
+a trainer), so it imports nothing of the stream processors; ``ingest_gateway.cli`` builds
+and hands them in. Requests flow to the dialect that owns their path; anything it raises
+(and aiohttp's own 404/405/413) is rendered by that dialect in its vendor's error shape,
+so a caller never sees another vendor's errors; the admin endpoints raise the same
+``errors`` and answer in Traitly's shape. The record sink lives in the app's
+``cleanup_ctx``: started before the first request, flushed and stopped after the last.
+The reader is opened and closed by whoever passed it (the app never opens ClickHouse).
 """
 
 from __future__ import annotations
 
 import hmac
 import logging
-from typing import Any, AsyncIterator, Awaitable, Callable, Iterable
+from typing import Any, AsyncIterator
 
 from aiohttp import web
 
 from schemas.config import Credentials, GoalstreamConfig, presented_bytes
 from schemas.kafka import RecordProducer
 from schemas.settings import GatewaySettings
-from schemas.warehouse import Warehouse, WarehouseBusy, WarehouseError
+from schemas.warehouse import WarehouseBusy, WarehouseError
 
 from . import errors, ratelimit, sqlguard
 from .dialects import DIALECTS, Dialect, Services
 from .dialects.base import json_response, read_body
 from .health import Health
+from .ports import Reader, Recommender, RecordSink, Trainer
 
 log = logging.getLogger("goalstream.gateway")
 SERVICES = web.AppKey("services", Services)
@@ -33,10 +38,8 @@ HEALTH = web.AppKey("health", Health)
 # and aiohttp's default (8190 bytes) would refuse a 6 KB payload with its own plain 400.
 MAX_LINE = 65536
 LOCAL_TOKEN = web.AppKey("local_token", str)  # the running stack's per-run token for `goalstream sql`
-# The embedded stack's scorer: train (one goal or all; one workspace's or every one's) and
-# rescore, for `goalstream train` and POST /admin/v1/train.
-Trainer = Callable[[str | None, str | None], Awaitable[list[dict[str, Any]]]]
-TRAINER = web.AppKey("trainer", object)
+# The embedded stack's scorer, for `goalstream train` and POST /admin/v1/train.
+TRAINER = web.AppKey("trainer", Trainer)
 
 
 # aiohttp's own client errors, as the gateway's (any other 4xx is a 400: still the
@@ -154,7 +157,11 @@ async def admin_train(request: web.Request) -> web.Response:
     visible = config.goals if scope.operator else config.goals_of(scope.workspace)
     if goal is not None and not any(g.name == goal for g in visible):
         raise errors.InvalidRequest(f"no goal named {goal!r}", param="goal")
-    return json_response({"data": await trainer(goal, scope.workspace), "object": "training"})
+    try:
+        trained = await trainer(goal, scope.workspace)
+    except WarehouseError as exc:
+        raise errors.Unavailable("the warehouse could not train; try again", retry_after=5) from exc
+    return json_response({"data": trained, "object": "training"})
 
 
 ADMIN_SQL = web.AppKey("admin_sql", object)
@@ -202,7 +209,7 @@ class AdminSQL:
             self._catalog, self._loaded = sqlguard.Catalog.load(client), time.monotonic()
         return self._catalog
 
-    async def run(self, warehouse: Warehouse, sql: str, fmt: str, scope: sqlguard.Scope) -> bytes:
+    async def run(self, warehouse: Reader, sql: str, fmt: str, scope: sqlguard.Scope) -> bytes:
         def job(client: Any) -> bytes:
             return sqlguard.run(client, sql, fmt, scope, self.limits, self._catalog_for(client))
 
@@ -221,21 +228,27 @@ def create_app(
     settings: GatewaySettings,
     config: GoalstreamConfig,
     *,
-    warehouse: Warehouse | None = None,
+    warehouse: Reader | None = None,
     health: Health | None = None,
     local_token: str | None = None,
-    producer: RecordProducer | None = None,
+    producer: RecordSink | None = None,
     trainer: Trainer | None = None,
-    models: Any = None,
+    recommender: Recommender | None = None,
 ) -> web.Application:
-    """Build the gateway. ``warehouse``: a shared, already open one (else opened here)."""
+    """Build the gateway.
+
+    ``warehouse``: ClickHouse for reads, opened (or not: then reads answer 503) and closed
+    by the caller; None: this gateway serves no reads. ``producer``: where records go
+    (default: a Kafka ``RecordProducer`` from the settings, started and stopped with the
+    app). ``trainer``/``recommender``: the scorer's, without which POST /admin/v1/train and
+    GET recommended-next-actions answer 503."""
     producer = producer or RecordProducer(
         settings.kafka_bootstrap, idempotence=settings.kafka_idempotence, timeout_s=settings.produce_timeout_s
     )
     # Rate limits (off by default: then None, and nothing below changes the request path).
     limiter = ratelimit.RateLimiter.from_settings(settings)
     credentials = limiter.credentials(Credentials(config)) if limiter else Credentials(config)
-    services = Services(config=config, credentials=credentials, producer=producer, warehouse=warehouse, models=models)
+    services = Services(config=config, credentials=credentials, producer=producer, warehouse=warehouse, recommender=recommender)
     dialects = [d(services) for d in DIALECTS]
     app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[_error_middleware(dialects), *ratelimit.middlewares(limiter)])
     app[SERVICES] = services
@@ -261,21 +274,4 @@ def create_app(
         app[HEALTH].set("gateway", "stopped")
 
     app.cleanup_ctx.append(producer_ctx)
-    if warehouse is None:
-        own = Warehouse(settings.clickhouse_dsn, admin_concurrency=settings.sql_concurrency)
-
-        async def warehouse_ctx(app: web.Application) -> AsyncIterator[None]:
-            try:
-                await own.open()
-                services.warehouse = own
-                app[HEALTH].set("clickhouse", "up")
-            except WarehouseError as exc:
-                # The write path does not need ClickHouse; reads answer 503 until it is back.
-                log.error("ClickHouse unavailable at start (%s); GET endpoints will answer 503", exc)
-                app[HEALTH].set("clickhouse", "down")
-            yield
-            if own.is_open:
-                await own.close()
-
-        app.cleanup_ctx.append(warehouse_ctx)
     return app

@@ -1,8 +1,10 @@
 """The gateway's one error root, and the one table that maps errors to HTTP status.
 
-A dialect raises these; the app's middleware asks the dialect that owns the path to
-render them in the vendor's own error shape. ``retriable`` tells the client (and our
-logs) whether sending the same request again may succeed.
+A dialect or an admin endpoint raises these; the app's middleware asks the dialect that
+owns the path to render them in the vendor's own error shape (the admin API's is
+Traitly's), with the status ``STATUS`` gives the class (or its nearest listed base).
+Nothing else picks a status. ``retriable`` tells the client (and our logs) whether
+sending the same request again may succeed; those answer with ``retry_after`` when set.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ class GatewayError(Exception):
 
     @property
     def status(self) -> int:
-        return STATUS[type(self)]
+        return status_of(type(self))
 
 
 class InvalidRequest(GatewayError):
@@ -91,6 +93,7 @@ class Internal(GatewayError):
 
 
 STATUS: dict[type[GatewayError], int] = {
+    GatewayError: 500,  # a class left out below answers as its nearest listed base
     InvalidRequest: 400,
     InvalidJSON: 400,
     InexactJSON: 400,
@@ -108,3 +111,8 @@ STATUS: dict[type[GatewayError], int] = {
     Internal: 500,
     Unavailable: 503,
 }
+
+
+def status_of(cls: type[GatewayError]) -> int:
+    """The HTTP status of an error class: its own entry in ``STATUS``, else its nearest base's."""
+    return next(STATUS[base] for base in cls.__mro__ if base in STATUS)

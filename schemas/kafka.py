@@ -115,6 +115,18 @@ async def _partitions(consumer: AIOKafkaConsumer, name: str) -> set[int]:
     return consumer.partitions_for_topic(name) or set()
 
 
+def encode_records(records: Sequence[Record]) -> list[tuple[Record, bytes, Sequence[tuple[str, bytes]]]]:
+    """Each record Avro-encoded with its headers, every size checked before any is sent:
+    one record too large for a Kafka message (``RecordTooLarge``) refuses them all. Shared
+    by ``RecordProducer.publish`` and the tests' in-memory producer, so both refuse alike."""
+    encoded = [(r, *codec.encode(r.schema, r.value)) for r in records]
+    for i, (r, value, headers) in enumerate(encoded):
+        size = len(value) + len(r.key) + sum(len(k) + len(v) for k, v in headers)
+        if size > MAX_RECORD_BYTES:
+            raise RecordTooLarge(f"record {i} is {size} bytes encoded; at most {MAX_RECORD_BYTES} fit in one Kafka message", size)
+    return encoded
+
+
 class RecordProducer:
     def __init__(self, bootstrap: str, *, idempotence: bool = True, timeout_s: float = 15.0, linger_ms: int = 1):
         self.bootstrap = bootstrap
@@ -167,11 +179,7 @@ class RecordProducer:
 
         Every record is encoded and its size checked before the first is sent, so a record
         too large for Kafka (``RecordTooLarge``, permanent) refuses the call whole."""
-        encoded = [(r, *codec.encode(r.schema, r.value)) for r in records]
-        for i, (r, value, headers) in enumerate(encoded):
-            size = len(value) + len(r.key) + sum(len(k) + len(v) for k, v in headers)
-            if size > MAX_RECORD_BYTES:
-                raise RecordTooLarge(f"record {i} is {size} bytes encoded; at most {MAX_RECORD_BYTES} fit in one Kafka message", size)
+        encoded = encode_records(records)
         if self._producer is None:
             raise KafkaUnavailable("producer is not running")
         try:

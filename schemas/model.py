@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 import uuid
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import Any
 
 import orjson
@@ -34,7 +35,18 @@ def partition_key(workspace: str, customer_id: str) -> bytes:
 
 
 def now_ms() -> int:
+    """Wall-clock milliseconds: the one clock of received_at, failed_at and scoring times."""
     return time.time_ns() // 1_000_000
+
+
+def from_ms(ms: float) -> datetime:
+    """Milliseconds since the epoch as a UTC datetime (what a DateTime64 column takes)."""
+    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc)
+
+
+def to_ms(value: datetime | int | float) -> int:
+    """A DateTime64 read back (a datetime) or a millisecond number, as milliseconds."""
+    return int(value.timestamp() * 1000) if isinstance(value, datetime) else int(value)
 
 
 def new_message_id() -> str:

@@ -1,8 +1,8 @@
 """Typed settings, one object per service, built once at the entry point and passed down.
 
 Each setting can come from a command-line option (passed in as a keyword) or from its
-environment variable (the names in INTERFACE.md); modules receive the object and never
-read the environment themselves.
+environment variable (``GOALSTREAM_*``, named with each field below); modules receive
+the object and never read the environment themselves.
 """
 
 from __future__ import annotations

@@ -1,1 +1,3 @@
-"""Stream processors: faust agents that move Kafka records into ClickHouse state."""
+"""The consuming side: faust agents that move Kafka records into ClickHouse (``app``,
+``runtime``, ``sinks``), the scorer they call (``scoring``) and the webhook dispatcher
+(``webhooks``)."""

@@ -13,7 +13,6 @@ gaps (the primary's own values win) and, for kind ``merge``, the merged one is d
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from typing import Any
 
 import orjson
@@ -33,16 +32,6 @@ COLUMNS = (
     "version",
     "is_deleted",
 )
-
-
-def _ms(value: Any) -> int:
-    if isinstance(value, datetime):
-        return int(value.timestamp() * 1000)
-    return int(value)
-
-
-def _dt(ms: int) -> datetime:
-    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc)
 
 
 @dataclass(slots=True)
@@ -66,8 +55,8 @@ class CustomerState:
         return [
             self.workspace,
             self.customer_id,
-            _dt(self.created_at_ms),
-            _dt(self.updated_at_ms),
+            model.from_ms(self.created_at_ms),
+            model.from_ms(self.updated_at_ms),
             s("name"),
             s("email"),
             s("plan"),
@@ -82,8 +71,8 @@ class CustomerState:
         return cls(
             workspace=row["workspace"],
             customer_id=row["customer_id"],
-            created_at_ms=_ms(row["created_at"]),
-            updated_at_ms=_ms(row["updated_at"]),
+            created_at_ms=model.to_ms(row["created_at"]),
+            updated_at_ms=model.to_ms(row["updated_at"]),
             attributes=orjson.loads(row["attributes"]) if row["attributes"] else {},
             version=int(row["version"]),
             deleted=bool(row["is_deleted"]),
@@ -109,7 +98,7 @@ def _item_key(value: Any) -> str | None:
 
 def apply_array(prev: CustomerState | None, record: dict[str, Any]) -> CustomerState | None:
     """Upsert into or delete from one array attribute; None means nothing to store."""
-    received = _ms(record["received_at"])
+    received = model.to_ms(record["received_at"])
     live = prev if prev is not None and not prev.deleted else None
     field_name = record["field"]
     items = orjson.loads(record["items"])
@@ -148,7 +137,7 @@ def merge(
     primary: CustomerState | None, secondary: CustomerState | None, record: dict[str, Any]
 ) -> tuple[CustomerState, CustomerState | None]:
     """Fold ``merged_id`` into ``customer_id``; returns (new primary, new merged or None)."""
-    received = _ms(record["received_at"])
+    received = model.to_ms(record["received_at"])
     p_live = primary if primary is not None and not primary.deleted else None
     s_live = secondary if secondary is not None and not secondary.deleted else None
     attributes = dict(s_live.attributes) if s_live else {}
@@ -183,7 +172,7 @@ def apply(prev: CustomerState | None, schema: str, record: dict[str, Any]) -> Cu
     """Fold one upsert, delete or array change; None means there is nothing to store."""
     if schema == model.CUSTOMER_ARRAYS:
         return apply_array(prev, record)
-    received = _ms(record["received_at"])
+    received = model.to_ms(record["received_at"])
     if schema == model.CUSTOMER_DELETE:
         base = prev or CustomerState(record["workspace"], record["customer_id"], received, received)
         return CustomerState(
@@ -201,7 +190,7 @@ def apply(prev: CustomerState | None, schema: str, record: dict[str, Any]) -> Cu
     attributes.update(orjson.loads(record["attributes"]))
     created = record.get("created_at")
     if created is not None:
-        created_ms = _ms(created)
+        created_ms = model.to_ms(created)
     elif live is not None:
         created_ms = live.created_at_ms
     else:

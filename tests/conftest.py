@@ -120,6 +120,19 @@ class StackProcess:
         return out.stdout
 
 
+# Tests under these folders drive a real broker, chDB or a `goalstream up`: marked
+# `integration`, so `make check` (-m "not integration") leaves them to `make test`.
+INTEGRATION_DIRS = ("integration", "hostile", "faults")
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m deselects by marker
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        parts = Path(item.path).relative_to(ROOT / "tests").parts
+        if len(parts) > 1 and parts[0] in INTEGRATION_DIRS:
+            item.add_marker(pytest.mark.integration)
+
+
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
     s = StackProcess(tmp_path_factory.mktemp("stack")).start()

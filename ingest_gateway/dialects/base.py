@@ -23,26 +23,28 @@ from urllib.parse import unquote_plus
 import orjson
 from aiohttp import web
 
-from schemas.config import Credentials, GoalstreamConfig
-from schemas.kafka import KafkaUnavailable, RecordProducer, RecordTooLarge
+from schemas.config import Credentials, Goal, GoalstreamConfig
+from schemas.kafka import KafkaUnavailable, RecordTooLarge
 from schemas import model
 from schemas.model import Record
-from schemas.warehouse import Warehouse, WarehouseError
+from schemas.warehouse import WarehouseError
 
 from .. import errors
+from ..ports import Reader, Recommendation, Recommender, RecordSink
 
 log = logging.getLogger("goalstream.gateway")
 
 
 @dataclass
 class Services:
-    """What a dialect's handlers may use; built once by ``create_app``."""
+    """What a dialect's handlers may use; built once by ``create_app`` from what it was
+    handed (the protocols of ``ingest_gateway.ports``)."""
 
     config: GoalstreamConfig
     credentials: Credentials
-    producer: RecordProducer
-    warehouse: Warehouse | None
-    models: Any = None  # stream_processors.goals.ModelStore: the embedded scorer's, else made on first use
+    producer: RecordSink
+    warehouse: Reader | None
+    recommender: Recommender | None = None  # the scorer's view, for GET recommended-next-actions
     draining: bool = False
     inflight: int = 0
     # Things refused and deliberately not stored (e.g. "pixel_unauthenticated"), for metrics.
@@ -104,20 +106,25 @@ class Services:
             ids += frontier
         return ids
 
-    def model_store(self) -> Any:
+    def _readable(self) -> Reader:
         if self.warehouse is None or not self.warehouse.is_open:
             raise errors.Unavailable("reads are not available on this gateway", retry_after=5)
-        if self.models is None:
-            from stream_processors.scoring.goals import ModelStore
+        return self.warehouse
 
-            self.models = ModelStore(self.warehouse)
-        return self.models
-
-    async def read(self, sql: str, parameters: dict[str, Any]) -> list[dict[str, Any]]:
-        if self.warehouse is None or not self.warehouse.is_open:
+    async def recommend(self, workspace: str, goal: Goal, customer_id: str) -> Recommendation | None:
+        """The customer's likelihood and ranked actions in ``goal`` (None: no such customer)."""
+        self._readable()
+        if self.recommender is None:
             raise errors.Unavailable("reads are not available on this gateway", retry_after=5)
         try:
-            return await self.warehouse.rows(sql, parameters)
+            return await self.recommender.recommend(workspace, goal, customer_id)
+        except WarehouseError as exc:
+            raise errors.Unavailable("the warehouse is not answering; retry shortly", retry_after=5) from exc
+
+    async def read(self, sql: str, parameters: dict[str, Any]) -> list[dict[str, Any]]:
+        warehouse = self._readable()
+        try:
+            return await warehouse.rows(sql, parameters)
         except WarehouseError as exc:
             raise errors.Unavailable("the warehouse is not answering; retry shortly", retry_after=5) from exc
 

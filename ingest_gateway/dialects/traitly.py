@@ -20,8 +20,6 @@ import orjson
 from aiohttp import web
 
 from schemas import model
-from schemas.warehouse import WarehouseError
-from stream_processors.scoring import goals
 
 from .. import errors
 from .base import Dialect, check_properties, identifier, json_response, limit_param, parse_json, read_body, text, unix_seconds
@@ -316,22 +314,14 @@ class Traitly(Dialect):
             goal = goals_here[0]  # the seed marks goal_name optional: the workspace's first goal
         else:
             raise errors.InvalidRequest("this workspace has no goals; give 'goal_name'", param="goal_name")
-        store = self.services.model_store()
-        now = goals.now_ms()
-        try:
-            states = await goals.load_states(self.services.warehouse, self.services.config, workspace, [customer_id], now)
-            state = next((x for x in states if x.goal.name == goal.name), None)
-            if state is None:
-                raise errors.NotFound(f"no customer with customer_id '{customer_id}'", param="customer_id")
-            model_ = await store.get(workspace, goal)
-        except WarehouseError as exc:
-            raise errors.Unavailable("the warehouse is not answering; retry shortly", retry_after=5) from exc
-        a = goals.assess(state, model_, now)
+        a = await self.services.recommend(workspace, goal, customer_id)
+        if a is None:
+            raise errors.NotFound(f"no customer with customer_id '{customer_id}'", param="customer_id")
         body = {
             "data": a.actions,
             "likelihood": a.likelihood,
             "meta": {"customer_id": customer_id, "goal_name": goal.name},
-            "timestamp": now // 1000,
+            "timestamp": a.at_ms // 1000,
             "object": "recommended-next-actions",
         }
         # The body keeps the seed's shape; which model answered (a trained one, or the

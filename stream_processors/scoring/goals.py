@@ -303,7 +303,3 @@ class ModelStore:
         )
         pos, known = (int(counts[0]["pos"]), int(counts[0]["known"])) if counts else (0, 0)
         return propensity.base_rate_model(workspace, goal.name, pos, known)
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000

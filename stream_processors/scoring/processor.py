@@ -25,18 +25,18 @@ import hashlib
 import logging
 import uuid
 from collections import OrderedDict
-from datetime import datetime, timezone
 from typing import Any, Callable
 
 import orjson
 
 from schemas import model, topics
 from schemas.config import Goal, GoalstreamConfig
-from schemas.kafka import KafkaUnavailable, RecordProducer
+from schemas.kafka import RecordProducer
 from schemas.model import Record
 from schemas.settings import WorkerSettings
-from schemas.warehouse import Warehouse, WarehouseError
+from schemas.warehouse import Warehouse
 
+from ..retry import retry
 from . import goals as g
 from . import propensity
 
@@ -52,10 +52,6 @@ SCORE_COLUMNS = (
 STATUS_COLUMNS = ("workspace", "goal", "customer_id", "status", "entered_at", "window_end", "reached_at", "plan", "updated_at", "version")
 AGG_COLUMNS = ("workspace", "goal", "customer_id", "event_name", "window_count", "total_count", "updated_at", "version")
 MODEL_COLUMNS = ("workspace", "goal", "version", "kind", "trained_at", "n_customers", "n_positive", "base_rate", "auc", "model")
-
-
-def _dt(ms: int) -> datetime:
-    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc)
 
 
 def _message_id(*parts: str) -> str:
@@ -164,7 +160,7 @@ class Scorer:
         return n
 
     async def _score_chunk(self, workspace: str, ids: list[str], trigger: str, token: str) -> int:
-        now = g.now_ms()
+        now = model.now_ms()
         states = await g.load_states(self.warehouse, self.config, workspace, ids, now)
         if not states:
             return 0
@@ -190,16 +186,16 @@ class Scorer:
                 published[key] = a.likelihood
             if a.status == "active" or publish:
                 scores.append([
-                    workspace, s.goal.name, s.customer_id, _dt(now), a.likelihood, prev, 1 if publish else 0,
+                    workspace, s.goal.name, s.customer_id, model.from_ms(now), a.likelihood, prev, 1 if publish else 0,
                     a.status, a.model_version, a.model_kind, trigger, orjson.dumps(a.drivers).decode(), mid,
                 ])
             statuses.append([
-                workspace, s.goal.name, s.customer_id, a.status, _dt(s.entered_at_ms), _dt(s.window_end_ms),
-                _dt(s.reached_at_ms) if s.reached_at_ms is not None else None,
-                str(s.attributes.get("plan") or ""), _dt(now), version,
+                workspace, s.goal.name, s.customer_id, a.status, model.from_ms(s.entered_at_ms), model.from_ms(s.window_end_ms),
+                model.from_ms(s.reached_at_ms) if s.reached_at_ms is not None else None,
+                str(s.attributes.get("plan") or ""), model.from_ms(now), version,
             ])
             for name, total in s.total_counts.items():
-                aggs.append([workspace, s.goal.name, s.customer_id, name, s.window_counts.get(name, 0), total, _dt(now), version])
+                aggs.append([workspace, s.goal.name, s.customer_id, name, s.window_counts.get(name, 0), total, model.from_ms(now), version])
         if records:
             await self.producer.publish(records)  # first: never store "published" for what was not
         tok = _token(token, workspace, trigger)
@@ -276,19 +272,10 @@ class Scorer:
         """Used by the sinks after a batch is stored: wait out ClickHouse or Kafka outages
         (the batch is not acknowledged meanwhile). A bug in scoring is logged, not allowed
         to stop ingestion: scores can be recomputed (``goalstream train`` rescores)."""
-        attempt = 0
-        while True:
-            try:
-                await self.score(touched, trigger, token)
-                return
-            except (WarehouseError, KafkaUnavailable) as exc:
-                attempt += 1
-                delay = min(10.0, 0.2 * 2**attempt)
-                log.warning("scoring failed (%s); retry %d in %.1fs", exc, attempt, delay)
-                await asyncio.sleep(delay)
-            except Exception:
-                log.exception("scoring a %s batch failed; its customers keep their previous scores", trigger)
-                return
+        try:
+            await retry(lambda: self.score(touched, trigger, token), what=f"scoring a {trigger} batch", logger=log)
+        except Exception:
+            log.exception("scoring a %s batch failed; its customers keep their previous scores", trigger)
 
     # -- training ----------------------------------------------------------------------
 
@@ -304,7 +291,7 @@ class Scorer:
         """Fit, store and start using each goal's model (or the one named; ``workspace``:
         only that workspace's goals); then rescore."""
         summaries = []
-        now = g.now_ms()
+        now = model.now_ms()
         loop = asyncio.get_running_loop()
         for goal in self.config.goals:
             if goal_name is not None and goal.name != goal_name:
@@ -327,7 +314,7 @@ class Scorer:
 
 
 async def store_model(warehouse: Warehouse, m: propensity.Model) -> None:
-    row = [m.workspace, m.goal, m.version, m.kind, _dt(m.trained_at_ms), m.n_customers, m.n_positive, m.base_rate, m.auc, m.to_json()]
+    row = [m.workspace, m.goal, m.version, m.kind, model.from_ms(m.trained_at_ms), m.n_customers, m.n_positive, m.base_rate, m.auc, m.to_json()]
     await warehouse.insert("propensity_models", [row], MODEL_COLUMNS, None)
 
 

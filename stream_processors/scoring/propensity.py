@@ -31,11 +31,12 @@ import bisect
 import hashlib
 import json
 import math
-import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+from schemas.model import now_ms as wall_ms
 
 DAY_MS = 86_400_000
 SNAPSHOTS = 10  # snapshot times per labelled customer
@@ -292,7 +293,7 @@ class Model:
 
 
 def _now_ms(now_ms: int | None) -> int:
-    return int(time.time() * 1000) if now_ms is None else int(now_ms)
+    return wall_ms() if now_ms is None else int(now_ms)
 
 
 def _version(trained_at_ms: int, params: Mapping[str, Any]) -> str:

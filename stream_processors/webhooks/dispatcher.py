@@ -14,6 +14,8 @@ Order: per endpoint and customer, a delivery is sent only once the one before it
 (delivered or given up), while every other endpoint and customer goes on. The consumer
 never waits on a receiver: retry state lives in ClickHouse and in the sender's schedule,
 so a restart (or a broker that forgot everything) resumes the retries where they were.
+A batch whose deliveries cannot be stored is consumed again from the committed offsets
+(``retry.retry``, every second, however long it takes): the consumer never skips one.
 Delivery is at least once; a receiver deduplicates on ``webhook-id``, which is the same
 on every attempt of a message.
 """
@@ -35,15 +37,17 @@ from typing import Any
 
 import aiohttp
 import orjson
-from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener
 
 from schemas import codec, model, topics
 from schemas.config import GoalstreamConfig, Webhook
-from schemas.kafka import KafkaUnavailable, RecordProducer
-from schemas.model import Record
+from schemas.kafka import RecordProducer
+from schemas.model import Record, from_ms, now_ms, to_ms
 from schemas.settings import CommonSettings
-from schemas.warehouse import Warehouse, WarehouseError
+from schemas.warehouse import Warehouse
 
+from ..retry import EVERY_SECOND, always, jittered, retry
+from ..runtime import Progress
 from . import ssrf
 from . import signing as webhook_signing
 
@@ -65,18 +69,6 @@ ATTEMPT_COLUMNS = (
     "status_code", "outcome", "error", "next_attempt_at",
 )
 ENDPOINT_COLUMNS = ("endpoint_id", "workspace", "url", "disabled", "reason", "updated_at", "version")
-
-
-def _dt(ms: float) -> datetime:
-    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc)
-
-
-def _ms(value: Any) -> int:
-    return int(value.timestamp() * 1000) if isinstance(value, datetime) else int(value)
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 def webhook_id(message_id: str) -> str:
@@ -130,7 +122,7 @@ def next_delay(schedule: list[float], attempts: int, retry_after: float | None, 
     a receiver's Retry-After is a floor, never shortened by jitter."""
     if attempts > len(schedule):
         return None
-    delay = schedule[attempts - 1] * rng.uniform(0.8, 1.2)
+    delay = jittered(schedule[attempts - 1], 0.2, rng)
     if retry_after is not None:
         delay = max(delay, retry_after)
     return delay
@@ -166,8 +158,8 @@ class Delivery:
         return [
             self.delivery_id, self.workspace, self.endpoint_id, self.url, self.object, self.customer_id,
             self.webhook_id, self.body, self.source_topic, self.source_partition, self.source_offset,
-            self.record, self.headers, self.attempts, _dt(self.next_at_ms), self.status, self.last_error,
-            _dt(self.created_at_ms), _dt(now), time.time_ns() // 1000,
+            self.record, self.headers, self.attempts, from_ms(self.next_at_ms), self.status, self.last_error,
+            from_ms(self.created_at_ms), from_ms(now), time.time_ns() // 1000,
         ]
 
     @classmethod
@@ -183,8 +175,8 @@ class Delivery:
             source_topic=r["source_topic"], source_partition=int(r["source_partition"]),
             source_offset=int(r["source_offset"]), record=b(r["record"]),
             headers={k: b(v) for k, v in (r["headers"] or {}).items()}, attempts=int(r["attempts"]),
-            next_at_ms=_ms(r["next_attempt_at"]), status=r["status"], last_error=r["last_error"],
-            created_at_ms=_ms(r["created_at"]),
+            next_at_ms=to_ms(r["next_attempt_at"]), status=r["status"], last_error=r["last_error"],
+            created_at_ms=to_ms(r["created_at"]),
         )
 
 
@@ -218,7 +210,7 @@ class Dispatcher:
         self._rng = random.Random()
         self._disabled: set[str] = set()
         self._runner: list[asyncio.Task] = []
-        self.progress: dict[tuple[str, int], int] = {}
+        self.progress = Progress()
         self.hooks: dict[str, list[Webhook]] = {}
         for w in config.webhooks:
             self.hooks.setdefault(w.workspace, []).append(w)
@@ -275,43 +267,31 @@ class Dispatcher:
             log.error("dispatcher producer did not flush within 10s")
 
     def caught_up(self, ends: dict[tuple[str, int], int]) -> bool:
-        return all(end == 0 or self.progress.get(tp, -1) >= end - 1 for tp, end in ends.items())
+        return self.progress.caught_up(ends)
+
+    async def wait_caught_up(self, ends: dict[tuple[str, int], int], timeout: float) -> bool:
+        return await self.progress.wait_caught_up(ends, timeout)
 
     # -- consuming ---------------------------------------------------------------------
 
     async def _consume(self) -> None:
         assert self.consumer is not None
+        # Neither loop may skip work, so every error is retried (a bug with its traceback).
+        await retry(self.consumer.start, what="dispatcher: reaching Kafka", backoff=EVERY_SECOND, retriable=always, logger=log)
         while True:
-            try:
-                await self.consumer.start()
-                break
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning("dispatcher cannot reach Kafka yet (%r); retrying", exc)
-                await asyncio.sleep(1.0)
-        while True:
-            try:
-                batch = await self.consumer.getmany(timeout_ms=500, max_records=1000)
-                if not batch:
-                    continue
-                messages = [m for msgs in batch.values() for m in msgs]
-                await self._accept(messages)
-                # Only now, with every delivery stored, do the offsets move on.
-                await self.consumer.commit({tp: msgs[-1].offset + 1 for tp, msgs in batch.items() if msgs})
-                for m in messages:
-                    key = (m.topic, m.partition)
-                    self.progress[key] = max(self.progress.get(key, -1), m.offset)
-            except asyncio.CancelledError:
-                raise
-            except (WarehouseError, KafkaUnavailable) as exc:
-                log.warning("dispatcher could not store deliveries (%s); retrying the batch", exc)
-                await self._rewind()
-                await asyncio.sleep(1.0)
-            except Exception:
-                log.exception("dispatcher consume loop failed; retrying")
-                await self._rewind()
-                await asyncio.sleep(1.0)
+            await retry(self._consume_batch, what="dispatcher: storing a batch of deliveries", backoff=EVERY_SECOND,
+                        retriable=always, before_retry=self._rewind, logger=log)
+
+    async def _consume_batch(self) -> None:
+        assert self.consumer is not None
+        batch = await self.consumer.getmany(timeout_ms=500, max_records=1000)
+        if not batch:
+            return
+        messages = [m for msgs in batch.values() for m in msgs]
+        await self._accept(messages)
+        # Only now, with every delivery stored, do the offsets move on.
+        await self.consumer.commit({tp: msgs[-1].offset + 1 for tp, msgs in batch.items() if msgs})
+        self.progress.advance(messages)
 
     async def _rewind(self) -> None:
         """After a failed batch, start again from the last committed offsets (nothing skipped)."""
@@ -474,8 +454,8 @@ class Dispatcher:
             await self._set_disabled(hook, True, f"answered 410 Gone at {datetime.now(timezone.utc).isoformat()}")
         await self.warehouse.insert(
             "webhook_attempts",
-            [[d.delivery_id, d.workspace, d.endpoint_id, d.url, d.webhook_id, attempt_no, _dt(started),
-              float(now_ms() - started), status, outcome, error[:2000], _dt(next_at) if next_at else None]],
+            [[d.delivery_id, d.workspace, d.endpoint_id, d.url, d.webhook_id, attempt_no, from_ms(started),
+              float(now_ms() - started), status, outcome, error[:2000], from_ms(next_at) if next_at else None]],
             ATTEMPT_COLUMNS,
             None,
         )
@@ -519,7 +499,7 @@ class Dispatcher:
         (self._disabled.add if disabled else self._disabled.discard)(hook.endpoint_id)
         await self.warehouse.insert(
             "webhook_endpoints",
-            [[hook.endpoint_id, hook.workspace, hook.url, 1 if disabled else 0, reason, _dt(now_ms()), time.time_ns() // 1000]],
+            [[hook.endpoint_id, hook.workspace, hook.url, 1 if disabled else 0, reason, from_ms(now_ms()), time.time_ns() // 1000]],
             ENDPOINT_COLUMNS,
             None,
         )

@@ -11,6 +11,7 @@ from ingest_gateway.app import SERVICES, create_app
 from schemas.config import Credentials, parse_config
 from schemas.settings import GatewaySettings
 from tests.conftest import globex_config
+from tests.memory import MemoryProducer
 
 CONFIG = parse_config(globex_config())
 
@@ -114,20 +115,6 @@ def test_a_request_is_charged_once_for_two_credential_parts():
 # -- through the app -----------------------------------------------------------------------
 
 
-class MemoryProducer:
-    def __init__(self) -> None:
-        self.records: list = []
-
-    async def start(self) -> None: ...
-
-    async def stop(self) -> None: ...
-
-    async def flush(self) -> None: ...
-
-    async def publish(self, records) -> None:
-        self.records.extend(records)
-
-
 class NoWarehouse:
     is_open = False
 
@@ -155,7 +142,7 @@ async def test_traitly_burst_gets_429_with_retry_after():
         r, body = last
         assert r.headers["Retry-After"] == "2"
         assert body["error"]["type"] == "api_error" and "rate limit" in body["error"]["message"]
-        assert len(producer.records) == 2
+        assert len(producer.after({})) == 2
     finally:
         await client.close()
 

@@ -2,8 +2,11 @@
 ``train``, ``deadletter``, ``webhooks``.
 
 Each subcommand builds its service's settings object once (options override the
-environment variables named in INTERFACE.md), loads and validates the config file, and
-hands both down. Errors in either are printed as one clear message and exit status 2.
+``GOALSTREAM_*`` environment variables of ``schemas/settings.py``, listed in README.md),
+loads and validates the config file, and hands both down. Errors in either are printed
+as one clear message and exit status 2. The four long-running commands are processes
+run by ``lifecycle.serve`` (``stack.py``, ``processes.py``); the others are one-shot and
+talk to a running stack on the same data dir through its run file when there is one.
 """
 
 from __future__ import annotations
@@ -12,8 +15,6 @@ import argparse
 import asyncio
 import json
 import logging
-import os
-import signal
 import sys
 import urllib.error
 import urllib.parse
@@ -25,6 +26,8 @@ from pydantic import ValidationError
 
 from schemas.config import ConfigError, GoalstreamConfig, load_config
 from schemas.settings import CommonSettings, GatewaySettings, StackSettings, WorkerSettings
+
+from . import lifecycle, runfile
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -90,7 +93,7 @@ def _settings(cls: type[CommonSettings], args: argparse.Namespace) -> Any:
 def _setup_logging(settings: CommonSettings, config: GoalstreamConfig) -> None:
     """stderr, with every record filtered on its way (ingest_gateway/logsafe.py): aiohttp's
     parser errors made one line, floods rate-limited, every configured secret redacted."""
-    from . import logsafe
+    from .. import logsafe
 
     logging.basicConfig(level=settings.log_level.upper(), stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("faust", "mode", "aiokafka", "aiohttp.access"):
@@ -103,82 +106,15 @@ def _setup_logging(settings: CommonSettings, config: GoalstreamConfig) -> None:
     )
 
 
-def _stop_event() -> asyncio.Event:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    return stop
+def _process(command: str, settings: CommonSettings, config: GoalstreamConfig) -> lifecycle.Process:
+    """The long-running command's process; imported here, so ``sql`` never loads faust."""
+    if command == "up":
+        from .stack import Stack
 
+        return Stack(settings, config)
+    from . import processes
 
-async def _up(settings: StackSettings, config: GoalstreamConfig) -> int:
-    from .stack import run
-
-    return await run(settings, config, _stop_event())
-
-
-async def _gateway(settings: GatewaySettings, config: GoalstreamConfig) -> int:
-    from aiohttp import web
-
-    from schemas.kafka import ensure_topics
-
-    from .app import MAX_LINE, SERVICES, create_app
-    from .stack import tls_context
-
-    await ensure_topics(settings.kafka_bootstrap, settings.topic_partitions, settings.topic_replication)
-    app = create_app(settings, config)
-    runner = web.AppRunner(app, access_log=None, max_line_size=MAX_LINE, auto_decompress=False)
-    await runner.setup()
-    site = web.TCPSite(runner, settings.host, settings.port)
-    await site.start()
-    urls = [f"http://{settings.host}:{site._server.sockets[0].getsockname()[1]}"]
-    if settings.tls:
-        tls = web.TCPSite(runner, settings.host, settings.tls_port, ssl_context=tls_context(settings.tls_cert, settings.tls_key))
-        await tls.start()
-        urls.append(f"https://{settings.host}:{tls._server.sockets[0].getsockname()[1]}")
-    print("goalstream gateway ready " + " ".join(urls), flush=True)
-    await _stop_event().wait()
-    app[SERVICES].draining = True
-    await runner.cleanup()
-    return 0
-
-
-async def _dispatcher(settings: CommonSettings, config: GoalstreamConfig) -> int:
-    from schemas.kafka import ensure_topics
-    from schemas.warehouse import Warehouse
-    from stream_processors.webhooks.dispatcher import Dispatcher
-
-    await ensure_topics(settings.kafka_bootstrap, settings.topic_partitions, settings.topic_replication)
-    warehouse = await Warehouse(settings.clickhouse_dsn).open()
-    await warehouse.migrate()
-    dispatcher = Dispatcher(settings, config, warehouse)
-    await dispatcher.start()
-    print("goalstream dispatcher ready", flush=True)
-    try:
-        await _stop_event().wait()
-    finally:
-        await dispatcher.stop()
-        await warehouse.close()
-    return 0
-
-
-async def _worker(settings: WorkerSettings, config: GoalstreamConfig) -> int:
-    from schemas.kafka import ensure_topics
-    from schemas.warehouse import Warehouse
-    from stream_processors.app import Processors
-
-    await ensure_topics(settings.kafka_bootstrap, settings.topic_partitions, settings.topic_replication)
-    warehouse = await Warehouse(settings.clickhouse_dsn).open()
-    await warehouse.migrate()
-    processors = Processors(settings, warehouse, config)
-    await processors.start()
-    print("goalstream worker ready", flush=True)
-    try:
-        await _stop_event().wait()
-    finally:
-        await processors.stop()
-        await warehouse.close()
-    return 0
+    return {"gateway": processes.Gateway, "worker": processes.Worker, "dispatcher": processes.Dispatcher}[command](settings, config)
 
 
 class QueryFailed(Exception):
@@ -189,28 +125,25 @@ def _query(settings: CommonSettings, statement: str, fmt: str) -> bytes:
     """Run one read-only query as the operator: through the running stack if there is
     one (it holds the embedded ClickHouse, and checks the query on its admin lane), else
     against ClickHouse directly, through the same check and limits (ingest_gateway.sqlguard)."""
-    running = run_file_for(settings)
-    if running.is_file():
-        info = json.loads(running.read_text())
-        if _alive(info.get("pid")):
-            req = urllib.request.Request(
-                f"{info['url']}/admin/v1/sql?format={urllib.parse.quote(fmt)}",
-                data=statement.encode(),
-                headers={"Authorization": f"Bearer {info['token']}"},
-                method="POST",
-            )
+    if (info := runfile.running(settings.data_dir)) is not None:
+        req = urllib.request.Request(
+            f"{info['url']}/admin/v1/sql?format={urllib.parse.quote(fmt)}",
+            data=statement.encode(),
+            headers={"Authorization": f"Bearer {info['token']}"},
+            method="POST",
+        )
+        try:
+            with urllib.request.urlopen(req, timeout=300) as resp:
+                return resp.read()
+        except urllib.error.HTTPError as exc:
+            body = exc.read().decode(errors="replace")
             try:
-                with urllib.request.urlopen(req, timeout=300) as resp:
-                    return resp.read()
-            except urllib.error.HTTPError as exc:
-                body = exc.read().decode(errors="replace")
-                try:
-                    body = json.loads(body)["error"]["message"]
-                except (ValueError, KeyError, TypeError):
-                    pass
-                raise QueryFailed(body) from None
-            except urllib.error.URLError as exc:
-                raise QueryFailed(f"the running stack did not answer: {exc.reason}") from None
+                body = json.loads(body)["error"]["message"]
+            except (ValueError, KeyError, TypeError):
+                pass
+            raise QueryFailed(body) from None
+        except urllib.error.URLError as exc:
+            raise QueryFailed(f"the running stack did not answer: {exc.reason}") from None
     import clickhouse_connect
 
     from schemas.warehouse import embedded_path, normalize_dsn
@@ -218,7 +151,7 @@ def _query(settings: CommonSettings, statement: str, fmt: str) -> bytes:
     dsn = normalize_dsn(settings.clickhouse_dsn)
     if (path := embedded_path(dsn)) is not None and not path.exists():
         raise QueryFailed(f"no data at {dsn}; start the stack first (goalstream up)")
-    from . import sqlguard
+    from .. import sqlguard
 
     try:
         client = clickhouse_connect.get_client(dsn=dsn)
@@ -236,26 +169,10 @@ def _query(settings: CommonSettings, statement: str, fmt: str) -> bytes:
         client.close()
 
 
-def run_file_for(settings: CommonSettings) -> Path:
-    from .stack import run_file
-
-    return run_file(settings.data_dir)
-
-
-def _running_kafka(settings: CommonSettings) -> str | None:
-    """The bootstrap servers of the stack running on this data dir, if one is."""
-    running = run_file_for(settings)
-    if running.is_file():
-        info = json.loads(running.read_text())
-        if _alive(info.get("pid")):
-            return info.get("kafka")
-    return None
-
-
 def _sql(settings: CommonSettings, query: str, fmt: str) -> int:
     """The query is checked where it runs (the stack's admin lane, or _query's own
     client): the check needs ClickHouse's parser."""
-    from . import sqlguard
+    from .. import sqlguard
 
     if not sqlguard.FORMATS.match(fmt):
         print(f"goalstream sql: bad format {fmt!r}", file=sys.stderr)
@@ -275,10 +192,9 @@ def _train(settings: WorkerSettings, config: GoalstreamConfig, goal: str | None,
     if goal is not None and not any(g.name == goal for g in config.goals):
         print(f"goalstream train: no goal named {goal!r} (have: {', '.join(g.name for g in config.goals)})", file=sys.stderr)
         return 2
-    running = run_file_for(settings)
-    info = json.loads(running.read_text()) if running.is_file() else {}
+    info = runfile.running(settings.data_dir)
     try:
-        if _alive(info.get("pid")):
+        if info is not None:
             # The running stack holds the embedded ClickHouse and the scorer: it trains and rescores.
             url = f"{info['url']}/admin/v1/train" + (f"?goal={urllib.parse.quote(goal)}" if goal else "")
             req = urllib.request.Request(url, data=b"", method="POST", headers={"Authorization": f"Bearer {info['token']}"})
@@ -313,6 +229,7 @@ def _train(settings: WorkerSettings, config: GoalstreamConfig, goal: str | None,
 
 async def _train_direct(settings: WorkerSettings, config: GoalstreamConfig, goal: str | None) -> list[dict]:
     """No stack on this data dir: train against ClickHouse and store; workers pick it up."""
+    from schemas import model
     from schemas.warehouse import Warehouse
     from stream_processors.scoring import goals, propensity
     from stream_processors.scoring import processor as scoring
@@ -321,7 +238,7 @@ async def _train_direct(settings: WorkerSettings, config: GoalstreamConfig, goal
     try:
         await warehouse.migrate()
         out = []
-        now = goals.now_ms()
+        now = model.now_ms()
         for g in config.goals:
             if goal is not None and g.name != goal:
                 continue
@@ -358,17 +275,10 @@ def _deadletter(settings: CommonSettings, args: argparse.Namespace) -> int:
         for item in plan.sends:
             print(f"would send {item.id} to {item.topic}")
         return 0
-    sent = asyncio.run(deadletters.send(_running_kafka(settings) or settings.kafka_bootstrap, plan.sends))
+    running = runfile.running(settings.data_dir)  # the running stack's broker, if there is one
+    sent = asyncio.run(deadletters.send(running and running.get("kafka") or settings.kafka_bootstrap, plan.sends))
     print(f"replayed {sent} of {len(rows)} dead letters ({len(plan.skipped)} not replayable)")
     return 0 if not plan.skipped else 1
-
-
-def _alive(pid: Any) -> bool:
-    try:
-        os.kill(int(pid), 0)
-        return True
-    except (OSError, TypeError, ValueError):
-        return False
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -399,15 +309,10 @@ def main(argv: list[str] | None = None) -> int:
         return _deadletter(settings, args)
     if args.command == "train":
         return _train(settings, config, args.goal, args.json)
-    runner = {"up": lambda: _up(settings, config), "gateway": lambda: _gateway(settings, config), "worker": lambda: _worker(settings, config),
-              "dispatcher": lambda: _dispatcher(settings, config)}
     try:
-        return asyncio.run(runner[args.command]())
+        return asyncio.run(lifecycle.serve(_process(args.command, settings, config)))
     except Exception as exc:  # one clear line, the traceback in the log at debug
         logging.getLogger("goalstream").debug("fatal", exc_info=True)
         print(f"goalstream {args.command}: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
 
-
-if __name__ == "__main__":
-    sys.exit(main())

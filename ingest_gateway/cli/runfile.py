@@ -1,0 +1,50 @@
+"""The running stack's run file, ``<data-dir>/run/stack.json``: how the one-shot commands
+(``sql``, ``train``, ``deadletter``, ``webhooks``) reach a ``goalstream up`` on the same data
+dir, which holds the embedded ClickHouse and broker.
+
+It holds the stack's pid, its URL, its per-run admin token and its Kafka bootstrap
+servers; it is written mode 0600 once the gateway listens and removed last on stop.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+
+def path(data_dir: Path) -> Path:
+    return data_dir / "run" / "stack.json"
+
+
+def write(data_dir: Path, *, url: str, token: str, kafka: str) -> None:
+    p = path(data_dir)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump({"pid": os.getpid(), "url": url, "token": token, "kafka": kafka}, f)
+
+
+def remove(data_dir: Path) -> None:
+    try:
+        path(data_dir).unlink()
+    except FileNotFoundError:
+        pass
+
+
+def running(data_dir: Path) -> dict[str, Any] | None:
+    """The run file of a stack that is still alive on this data dir, else None."""
+    p = path(data_dir)
+    if not p.is_file():
+        return None
+    info = json.loads(p.read_text())
+    return info if _alive(info.get("pid")) else None
+
+
+def _alive(pid: Any) -> bool:
+    try:
+        os.kill(int(pid), 0)
+        return True
+    except (OSError, TypeError, ValueError):
+        return False

@@ -1,0 +1,180 @@
+"""The Sinks: decoded batches into ClickHouse, one writer per table.
+
+``EventsSink``: ``goalstream.events`` items -> ``events``, then the scoring hook.
+``CustomersSink``: ``goalstream.customers`` items -> customer state (``customers.apply``
+and ``customers.merge``) -> ``customers`` and ``customer_merges``, then the scoring hook.
+``DeadLettersSink``: ``goalstream.deadletter`` items -> ``deadletters`` (the embedded
+broker keeps nothing across restarts; ClickHouse does).
+
+Every insert carries an ``insert_deduplication_token`` derived from the batch's offsets
+and message ids (``batch_token``): a batch replayed after a crash is not stored twice, and
+a broker restart that reuses offsets (the embedded broker keeps nothing) cannot collide
+with an earlier batch because the message ids differ. The scoring hook runs after the
+rows are stored (the scorer publishes each score before it stores it) and before the
+write returns, so a batch is not committed before it is scored.
+
+Customer state is cached in memory per worker and rebuilt from ClickHouse on a miss (the
+latest version, deleted or not), never from Kafka, so a broker restart with empty topics
+cannot make merges go wrong. The owner drops the cache (``clear``) whenever partitions
+are revoked.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+from typing import Any, Awaitable, Callable, Iterable, Sequence
+
+from schemas import model
+from schemas.warehouse import Warehouse
+
+from . import customers as cust
+from .runtime import Item, headers_of
+
+EVENT_COLUMNS = ("message_id", "workspace", "customer_id", "anonymous_id", "name", "timestamp", "received_at", "properties", "source")
+MERGE_COLUMNS = ("workspace", "customer_id", "merged_id", "kind", "source", "message_id", "merged_at")
+DEADLETTER_COLUMNS = (
+    "id", "reason", "stage", "source_topic", "source_partition", "source_offset", "key", "value", "headers", "failed_at",
+)
+
+# What a sink calls with the customers a stored batch touched: {workspace: ids}, the
+# trigger ("event" or "customer") and the batch's token (scoring message ids derive from it).
+ScoreHook = Callable[[dict[str, set[str]], str, str], Awaitable[None]]
+
+
+def batch_token(stage: str, messages: Sequence[Any], ids: Iterable[str]) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    for m in messages:
+        h.update(f"{m.topic}/{m.partition}/{m.offset};".encode())
+    for i in ids:
+        h.update(i.encode())
+        h.update(b"\0")
+    return f"{stage}-{h.hexdigest()}"
+
+
+def _trim(cache: OrderedDict, limit: int) -> None:
+    while len(cache) > limit:
+        cache.popitem(last=False)
+
+
+class EventsSink:
+    def __init__(self, warehouse: Warehouse, score: ScoreHook, *, dedup_window: int):
+        self.warehouse = warehouse
+        self.score = score
+        self.dedup_window = dedup_window
+        self.seen: OrderedDict[tuple[str, str], None] = OrderedDict()  # recent (workspace, message_id)
+
+    async def write(self, batch: Sequence[Item]) -> None:
+        # A client that resends (same Segment messageId, Customer.io event id) gets its
+        # event stored once: ids seen recently or twice in this batch are skipped.
+        rows, fresh = [], {}
+        for _msg, _schema, r in batch:
+            k = (r["workspace"], r["message_id"])
+            if k in self.seen or k in fresh:
+                continue
+            fresh[k] = None
+            rows.append([r[c] for c in EVENT_COLUMNS])
+        # The token covers the whole batch, so a replay of it is recognised however it filters.
+        token = batch_token("events", [i.message for i in batch], (r["message_id"] for _, _, r in batch))
+        if rows:
+            await self.warehouse.insert("events", rows, EVENT_COLUMNS, token)
+            touched: dict[str, set[str]] = {}
+            for _msg, _schema, r in batch:
+                touched.setdefault(r["workspace"], set()).add(r["customer_id"] or r["anonymous_id"])
+            await self.score(touched, "event", token)
+        if self.dedup_window:
+            self.seen.update(fresh)
+            _trim(self.seen, self.dedup_window)
+
+
+class CustomersSink:
+    def __init__(self, warehouse: Warehouse, score: ScoreHook, *, cache_size: int):
+        self.warehouse = warehouse
+        self.score = score
+        self.cache_size = cache_size
+        self.cache: OrderedDict[tuple[str, str], cust.CustomerState] = OrderedDict()
+
+    def clear(self) -> None:
+        self.cache.clear()
+
+    async def _load(self, keys: set[tuple[str, str]]) -> dict[tuple[str, str], cust.CustomerState]:
+        by_ws: dict[str, list[str]] = {}
+        for ws, cid in keys:
+            by_ws.setdefault(ws, []).append(cid)
+        found: dict[tuple[str, str], cust.CustomerState] = {}
+        for ws, ids in by_ws.items():
+            rows = await self.warehouse.rows(
+                f"SELECT {', '.join(cust.COLUMNS)} FROM customers WHERE workspace = {{ws:String}} "
+                "AND customer_id IN {ids:Array(String)} ORDER BY version DESC LIMIT 1 BY customer_id",
+                {"ws": ws, "ids": ids},
+            )
+            for row in rows:
+                found[(ws, row["customer_id"])] = cust.CustomerState.from_row(row)
+        return found
+
+    async def write(self, batch: Sequence[Item]) -> None:
+        keys = {(r["workspace"], r["customer_id"]) for _, _, r in batch}
+        # A merge also changes the merged customer, which may live on another partition.
+        keys |= {(r["workspace"], r["merged_id"]) for _, schema, r in batch if schema == model.CUSTOMER_MERGE}
+        states: dict[tuple[str, str], cust.CustomerState | None] = {k: self.cache.get(k) for k in keys}
+        missing = {k for k, v in states.items() if v is None}
+        if missing:
+            states.update(await self._load(missing))
+        touched: dict[tuple[str, str], cust.CustomerState] = {}
+        merges: list[list[Any]] = []
+        for _msg, schema, r in batch:
+            k = (r["workspace"], r["customer_id"])
+            if schema == model.CUSTOMER_MERGE:
+                if r["merged_id"] == r["customer_id"]:
+                    continue
+                m = (r["workspace"], r["merged_id"])
+                primary, secondary = cust.merge(states.get(k), states.get(m), r)
+                states[k] = touched[k] = primary
+                if secondary is not None:
+                    states[m] = touched[m] = secondary
+                merges.append([r["workspace"], r["customer_id"], r["merged_id"], r["kind"], r["source"], r["message_id"], r["received_at"]])
+                continue
+            new = cust.apply(states.get(k), schema, r)
+            if new is not None:
+                states[k] = touched[k] = new
+        token = batch_token("customers", [i.message for i in batch], (r["message_id"] for _, _, r in batch))
+        if touched:
+            await self.warehouse.insert("customers", [s.row() for s in touched.values()], cust.COLUMNS, token)
+        if merges:
+            # After the customers: a replay re-sends both, and each insert is deduplicated by its token.
+            await self.warehouse.insert("customer_merges", merges, MERGE_COLUMNS, token + "-merges")
+        if touched:
+            by_ws: dict[str, set[str]] = {}
+            for ws, cid in touched:
+                by_ws.setdefault(ws, set()).add(cid)
+            await self.score(by_ws, "customer", token)
+        # Only now, with the rows stored, does the cache move forward.
+        for k, state in touched.items():
+            self.cache[k] = state
+            self.cache.move_to_end(k)
+        _trim(self.cache, self.cache_size)
+
+
+class DeadLettersSink:
+    """Dead letters into ClickHouse. There is nowhere further to send one that fails, so
+    the runtime retries until ClickHouse takes the batch; a message that is not a
+    DeadLetter record is stored too, raw, with that as its reason (``rescue``)."""
+
+    def __init__(self, warehouse: Warehouse):
+        self.warehouse = warehouse
+
+    @staticmethod
+    def rescue(message: Any, reason: str) -> Item:
+        # A deterministic id, so a replayed batch keeps its deduplication token.
+        raw_id = hashlib.blake2b((message.value or b"") + f"/{message.partition}/{message.offset}".encode(), digest_size=16).hexdigest()
+        record = {
+            "id": raw_id, "reason": f"undecodable dead letter: {reason}", "stage": "deadletters-sink",
+            "source_topic": message.topic, "source_partition": message.partition, "source_offset": message.offset,
+            "key": message.key, "value": message.value, "headers": dict(headers_of(message)), "failed_at": model.now_ms(),
+        }
+        return Item(message, model.DEAD_LETTER, record)
+
+    async def write(self, batch: Sequence[Item]) -> None:
+        rows = [[r[c] for c in DEADLETTER_COLUMNS] for _, _, r in batch]
+        token = batch_token("deadletters", [i.message for i in batch], (str(r[0]) for r in rows))
+        await self.warehouse.insert("deadletters", rows, DEADLETTER_COLUMNS, token)

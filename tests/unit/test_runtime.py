@@ -1,0 +1,308 @@
+"""The batch runtime with list-backed sinks, and the sinks with an in-memory warehouse
+(stream_processors.runtime, stream_processors.sinks): decode, dead-letter, retry/isolate,
+progress, commit after store, dedup tokens. No broker, no ClickHouse."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from schemas import codec, model, topics
+from schemas.warehouse import WarehouseError
+from stream_processors import runtime as rt
+from stream_processors.errors import ProcessorError
+from stream_processors.retry import Backoff
+from stream_processors.runtime import BatchRuntime, Item, ListSink, Progress
+from stream_processors.sinks import CustomersSink, DeadLettersSink, EventsSink, batch_token
+
+FAST = Backoff(first=0.001, factor=1.0, cap=0.001, jitter=0.0)
+
+
+@dataclass
+class Msg:
+    topic: str
+    partition: int
+    offset: int
+    value: bytes | None
+    headers: Any = ()
+    key: bytes | None = b"acme:c1"
+
+
+@dataclass
+class Letters:
+    sent: list[tuple[Any, str, str]] = field(default_factory=list)
+
+    async def publish(self, message: Any, reason: str, stage: str) -> None:
+        self.sent.append((message, reason, stage))
+
+
+def event_msg(offset: int, customer: str = "c1", message_id: str | None = None, partition: int = 0) -> Msg:
+    rec = model.event(workspace="acme", customer_id=customer, name="opened", properties={"n": offset}, source="traitly")
+    if message_id is not None:
+        rec.value["message_id"] = message_id
+    value, headers = codec.encode(rec.schema, rec.value)
+    return Msg(topics.EVENTS, partition, offset, value, list(headers), rec.key)
+
+
+def make(sink, letters=None, up=True, stage="events-sink", expected=(model.EVENT,), **kw) -> BatchRuntime:
+    async def is_up() -> bool:
+        return up() if callable(up) else up
+
+    return BatchRuntime(
+        stage, expected, sink, letters=Letters() if letters is None else letters, is_up=is_up, progress=Progress(),
+        backoff=FAST, record_backoff=FAST, **kw,
+    )
+
+
+def fail_n(n: int, exc: Exception):
+    """A ``ListSink.fail`` that raises ``exc`` on the first ``n`` writes."""
+    count = [0]
+
+    def fail(batch):
+        count[0] += 1
+        return exc if count[0] <= n else None
+
+    return fail, count
+
+
+def refuse(bad: Msg, exc: Exception):
+    """A ``ListSink.fail`` that refuses any batch of more than one, and ``bad`` alone; and
+    the sizes of the writes it saw."""
+    writes: list[int] = []
+
+    def fail(batch):
+        writes.append(len(batch))
+        return exc if len(batch) > 1 or batch[0].message is bad else None
+
+    return fail, writes
+
+
+async def test_what_does_not_decode_is_dead_lettered_with_the_stage_and_the_rest_stored():
+    sink, letters = ListSink(), Letters()
+    run = make(sink, letters)
+    good = event_msg(0)
+    unknown = Msg(topics.EVENTS, 0, 1, b"\x00not avro", [("goalstream-schema", b"goalstream.Event"), ("goalstream-schema-version", b"99")])
+    empty = Msg(topics.EVENTS, 0, 2, None, list(codec.LATEST[model.EVENT].headers))
+    upsert = model.customer_upsert(workspace="acme", customer_id="c1", attributes={}, source="traitly")
+    wrong = Msg(topics.EVENTS, 1, 0, *codec.encode(upsert.schema, upsert.value))
+    await run.process([good, unknown, empty, wrong])
+    assert [i.message for i in sink.items] == [good]
+    assert sink.items[0].schema == model.EVENT and sink.items[0].record["customer_id"] == "c1"
+    reasons = {m.offset if m.partition == 0 else "wrong": (reason, stage) for m, reason, stage in letters.sent}
+    assert reasons[1] == ("unknown schema goalstream.Event version 99", "events-sink")
+    assert reasons[2] == ("message has no value", "events-sink")
+    assert reasons["wrong"] == (f"{model.CUSTOMER_UPSERT} does not belong on {topics.EVENTS}", "events-sink")
+    assert run.progress.offsets == {(topics.EVENTS, 0): 2, (topics.EVENTS, 1): 0}
+
+
+async def test_a_retriable_error_retries_the_whole_batch_until_it_is_stored():
+    sink = ListSink()
+    sink.fail, count = fail_n(3, WarehouseError("connection refused"))
+    letters = Letters()
+    batch = [event_msg(i) for i in range(3)]
+    await make(sink, letters).process(batch)
+    assert count[0] == 4 and len(sink.batches) == 1 and [i.message for i in sink.batches[0]] == batch
+    assert letters.sent == []
+
+
+async def test_a_clickhouse_that_is_down_is_waited_for_and_the_batch_never_split():
+    sink = ListSink()
+    sink.fail, count = fail_n(rt.ISOLATE_AFTER + 4, WarehouseError("down"))
+    letters = Letters()
+    await make(sink, letters, up=False).process([event_msg(i) for i in range(3)])
+    assert count[0] == rt.ISOLATE_AFTER + 5 and len(sink.batches) == 1 and len(sink.batches[0]) == 3
+    assert letters.sent == []
+
+
+async def test_a_clickhouse_that_answers_but_keeps_refusing_gets_the_batch_record_by_record():
+    sink, letters = ListSink(), Letters()
+    bad = event_msg(1, customer="bad")
+    sink.fail, writes = refuse(bad, WarehouseError("Code: 53. Type mismatch"))
+    batch = [event_msg(0), bad, event_msg(2)]
+    run = make(sink, letters)
+    await run.process(batch)
+    assert writes[: rt.ISOLATE_AFTER] == [3] * rt.ISOLATE_AFTER  # the whole batch, ISOLATE_AFTER times
+    assert [b[0].message for b in sink.batches] == [batch[0], batch[2]]  # then one by one
+    assert writes.count(1) == 2 + rt.REFUSALS
+    assert [(m, stage) for m, _, stage in letters.sent] == [(bad, "events-sink")]
+    assert letters.sent[0][1] == "ClickHouse refused the record: Code: 53. Type mismatch"
+    assert run.progress.offsets == {(topics.EVENTS, 0): 2}
+
+
+async def test_a_non_retriable_error_isolates_at_once_and_dead_letters_the_record_it_refuses():
+    sink, letters = ListSink(), Letters()
+    bad = event_msg(1, customer="bad")
+    sink.fail, writes = refuse(bad, ProcessorError("cannot be stored"))  # not retriable
+    await make(sink, letters).process([event_msg(0), bad, event_msg(2)])
+    assert writes == [3, 1, 1, 1]
+    assert [m for m, _, _ in letters.sent] == [bad] and len(sink.batches) == 2
+
+
+async def test_a_record_refused_while_clickhouse_is_down_again_is_not_counted_against_it():
+    sink, letters = ListSink(), Letters()
+    state = {"up": True, "single": 0}
+
+    def fail(batch):
+        if len(batch) > 1:
+            return WarehouseError("refused")
+        state["single"] += 1
+        if state["single"] <= 6:
+            state["up"] = state["single"] > 4  # down for the first four single writes
+            return WarehouseError("down again")
+        return None
+
+    sink.fail = fail
+    await make(sink, letters, up=lambda: state["up"]).process([event_msg(0), event_msg(1)])
+    # Four failures while down do not count, two while up do (< REFUSALS): the record is stored.
+    assert letters.sent == [] and len(sink.items) == 2
+
+
+async def test_a_bug_in_a_sink_is_not_taken_for_the_records_fault():
+    sink, letters = ListSink(), Letters()
+    sink.fail = lambda batch: KeyError("bug")
+    run = make(sink, letters)
+    with pytest.raises(KeyError):
+        await run.process([event_msg(0)])
+    assert letters.sent == [] and run.progress.offsets == {}
+
+
+async def test_a_batch_is_committed_only_after_the_sink_stored_it():
+    """The source acknowledges a batch when asked for the next one (as faust's take_events does)."""
+    log: list[str] = []
+    batches = [[event_msg(0), event_msg(1)], [event_msg(2)]]
+
+    class Recording(ListSink):
+        async def write(self, batch):
+            await super().write(batch)
+            log.append(f"store {[i.message.offset for i in batch]}")
+
+    sink = Recording()
+    sink.fail, _ = fail_n(2, WarehouseError("down"))
+
+    async def source():
+        for b in batches:
+            yield b
+            log.append(f"commit {[m.offset for m in b]}")
+
+    run = make(sink)
+    await run.run(source())
+    assert log == ["store [0, 1]", "commit [0, 1]", "store [2]", "commit [2]"]
+
+    # A batch whose store fails for good is never committed.
+    log.clear()
+    sink.fail = lambda batch: KeyError("bug")
+    with pytest.raises(KeyError):
+        await run.run(source())
+    assert log == []
+
+
+async def test_the_deadletter_stage_stores_what_does_not_decode_raw_and_never_splits():
+    sink = ListSink()
+    sink.fail, count = fail_n(rt.ISOLATE_AFTER + 2, WarehouseError("refused"))
+    letter = model.dead_letter(reason="r", stage="events-sink", key=b"k", value=b"v", headers={}, source_topic=topics.EVENTS)
+    good = Msg(topics.DEADLETTER, 2, 8, *codec.encode(letter.schema, letter.value))
+    raw = Msg(topics.DEADLETTER, 2, 9, b"\x00not avro", [])
+    run = make(sink, None, stage="deadletters-sink", expected=(model.DEAD_LETTER,), rescue=DeadLettersSink.rescue)
+    run.letters = None  # the end of the line
+    await run.process([good, raw])
+    assert count[0] == rt.ISOLATE_AFTER + 3 and len(sink.batches) == 1
+    (g, r) = sink.batches[0]
+    assert g.record["id"] == letter.value["id"]
+    assert r.record["id"] == "ef38f10e1614520ebebe02539fef6349"  # deterministic: value + partition + offset
+    assert r.record["stage"] == "deadletters-sink" and r.record["value"] == b"\x00not avro"
+    assert r.record["reason"] == "undecodable dead letter: message has no goalstream-schema / goalstream-schema-version headers"
+
+
+def test_a_runtime_without_dead_letters_needs_a_rescue():
+    with pytest.raises(ValueError):
+        BatchRuntime("x", (), ListSink(), letters=None, is_up=None, progress=Progress())
+
+
+async def test_progress_is_caught_up_at_the_end_offsets():
+    p = Progress()
+    p.advance([event_msg(4), event_msg(2), event_msg(0, partition=1)])
+    assert p.offsets == {(topics.EVENTS, 0): 4, (topics.EVENTS, 1): 0}
+    assert p.caught_up({(topics.EVENTS, 0): 5, (topics.EVENTS, 1): 1, (topics.EVENTS, 2): 0})
+    assert not p.caught_up({(topics.EVENTS, 0): 6})
+    assert await p.wait_caught_up({(topics.EVENTS, 0): 5}, 0.1)
+    assert not await p.wait_caught_up({(topics.EVENTS, 0): 6}, 0.1)
+    assert repr(p) == repr(p.offsets)
+
+
+# -- the sinks, with an in-memory warehouse ------------------------------------------
+
+
+class Warehouse:
+    def __init__(self, rows: list[dict] | None = None):
+        self.inserts: list[tuple[str, list, tuple, str | None]] = []
+        self.log: list[str] = []
+        self._rows = rows or []
+
+    async def insert(self, table, rows, columns, token=None):
+        self.inserts.append((table, rows, tuple(columns), token))
+        self.log.append(f"insert {table}")
+
+    async def rows(self, sql, params=None):
+        return self._rows
+
+
+def test_batch_token_is_unchanged():
+    msgs = [Msg(topics.EVENTS, 0, 7, b""), Msg(topics.EVENTS, 1, 3, b"")]
+    assert batch_token("events", msgs, ["a", "b"]) == "events-4b9085aa79cc15d591b43e13bf172141"
+
+
+async def test_events_sink_skips_resent_ids_stores_with_the_batch_token_and_scores_after_storing():
+    wh = Warehouse()
+    scored = []
+
+    async def score(touched, trigger, token):
+        wh.log.append("score")
+        scored.append((touched, trigger, token))
+
+    sink = EventsSink(wh, score, dedup_window=10)
+    batch = [Item(m, model.EVENT, codec.decode(m.value, m.headers)[1]) for m in
+             (event_msg(0, message_id="m1"), event_msg(1, message_id="m1"), event_msg(2, "c2", message_id="m2"))]
+    await sink.write(batch)
+    table, rows, columns, token = wh.inserts[0]
+    assert table == "events" and [r[0] for r in rows] == ["m1", "m2"]
+    assert token == batch_token("events", [i.message for i in batch], ["m1", "m1", "m2"])
+    assert wh.log == ["insert events", "score"] and scored[0][:2] == ({"acme": {"c1", "c2"}}, "event")
+    # Seen within the window: not stored again (and nothing to score).
+    await sink.write(batch[:1])
+    assert len(wh.inserts) == 1 and len(scored) == 1
+
+
+async def test_customers_sink_folds_state_stores_then_scores_then_caches():
+    wh = Warehouse()
+    calls = []
+
+    async def score(touched, trigger, token):
+        calls.append((touched, trigger))
+        assert sink.cache == {}  # the cache moves only once everything is stored and scored
+
+    sink = CustomersSink(wh, score, cache_size=10)
+    up = model.customer_upsert(workspace="acme", customer_id="c1", attributes={"plan": "Pro"}, source="traitly", received_at_ms=1000)
+    merge = model.customer_merge(workspace="acme", customer_id="c1", merged_id="c0", kind="merge", source="traitly", received_at_ms=2000)
+    items = [Item(Msg(topics.CUSTOMERS, 0, 0, b""), up.schema, up.value), Item(Msg(topics.CUSTOMERS, 0, 1, b""), merge.schema, merge.value)]
+    await sink.write(items)
+    assert [t for t, *_ in wh.inserts] == ["customers", "customer_merges"]  # the customers first
+    token = wh.inserts[0][3]
+    assert token == batch_token("customers", [i.message for i in items], [i.record["message_id"] for i in items])
+    assert wh.inserts[1][3] == token + "-merges"
+    assert calls[0][1] == "customer" and "c1" in calls[0][0]["acme"]
+    assert sink.cache[("acme", "c1")].attributes["plan"] == "Pro"
+    sink.clear()
+    assert sink.cache == {}
+
+
+async def test_deadletters_sink_stores_rows_in_column_order_with_a_token_over_their_ids():
+    wh = Warehouse()
+    msg = Msg(topics.DEADLETTER, 0, 5, b"\x01")
+    item = DeadLettersSink.rescue(msg, "bad")
+    await DeadLettersSink(wh).write([item])
+    table, rows, columns, token = wh.inserts[0]
+    assert table == "deadletters" and columns[0] == "id" and rows[0][0] == item.record["id"]
+    assert rows[0][1] == "undecodable dead letter: bad" and rows[0][2] == "deadletters-sink"
+    assert token == batch_token("deadletters", [msg], [item.record["id"]])
