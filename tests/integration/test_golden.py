@@ -23,7 +23,7 @@ from tests.memory import MemoryProducer
 CASES = golden.lane("integration")
 
 
-class KafkaLog(golden.Log):
+class KafkaLog:
     """The broker's partitions of the events, customers and dead-letter topics."""
 
     def __init__(self, consumer: AIOKafkaConsumer, tps: list[TopicPartition]):

@@ -33,7 +33,7 @@ class NoClickHouse:
         raise AssertionError(f"the contract lane has no ClickHouse (warehouse.{name} was used)")
 
 
-class MemoryLog(golden.Log):
+class MemoryLog:
     def __init__(self, producer: MemoryProducer):
         self.producer = producer
 
