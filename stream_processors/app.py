@@ -17,7 +17,6 @@ store), and the lifecycle. The customer cache is dropped whenever partitions are
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import Any, AsyncIterator, Sequence
 
@@ -32,6 +31,7 @@ from schemas.warehouse import Warehouse
 from .runtime import BatchRuntime, DeadLetterTopic, Progress
 from .scoring.processor import Scorer
 from .sinks import CustomersSink, DeadLettersSink, EventsSink
+from .stopping import stop_within
 
 log = logging.getLogger("goalstream.processors")
 
@@ -129,14 +129,8 @@ class Processors:
     async def stop(self, timeout: float = 30.0) -> None:
         await self.scorer.stop()
         # Bounded: with the broker gone, faust's final commit could wait forever.
-        try:
-            await asyncio.wait_for(self.app.stop(), timeout)
-        except asyncio.TimeoutError:
-            log.error("processors did not stop within %.0fs (broker unreachable?); leaving anyway", timeout)
-        try:
-            await asyncio.wait_for(self.producer.stop(), 10)
-        except asyncio.TimeoutError:
-            log.error("dead-letter producer did not flush within 10s")
+        await stop_within("the processors", self.app.stop(), timeout)
+        await stop_within("the dead-letter producer", self.producer.stop(), 10)
 
     # -- draining ----------------------------------------------------------------------
 

@@ -48,6 +48,7 @@ from schemas.warehouse import Warehouse
 
 from ..retry import EVERY_SECOND, always, jittered, retry
 from ..runtime import Progress
+from ..stopping import stop_within
 from . import ssrf
 from . import signing as webhook_signing
 
@@ -253,18 +254,12 @@ class Dispatcher:
             # Attempts in flight finish (and record their outcome) within the receiver timeout.
             await asyncio.wait(self._tasks, timeout=timeout)
         if self.consumer is not None:
-            try:
-                await asyncio.wait_for(self.consumer.stop(), 10)
-            except asyncio.TimeoutError:
-                log.error("dispatcher consumer did not stop within 10s")
+            await stop_within("the dispatcher's consumer", self.consumer.stop(), 10)
             self.consumer = None
         if self.session is not None:
             await self.session.close()
             self.session = None
-        try:
-            await asyncio.wait_for(self.producer.stop(), 10)
-        except asyncio.TimeoutError:
-            log.error("dispatcher producer did not flush within 10s")
+        await stop_within("the dispatcher's producer", self.producer.stop(), 10)
 
     def caught_up(self, ends: dict[tuple[str, int], int]) -> bool:
         return self.progress.caught_up(ends)

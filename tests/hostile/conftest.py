@@ -18,7 +18,6 @@ import time
 import zlib
 from collections import defaultdict
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import pytest
 

@@ -37,7 +37,7 @@ INSERT_COLS = "(message_id, workspace, customer_id, name)"
 
 
 def write_probes(target: str) -> dict[str, str]:
-    row = f"('hostile-w', 'acme', 'hostile', 'pwned')"
+    row = "('hostile-w', 'acme', 'hostile', 'pwned')"
     return {
         "WITH..INSERT": f"WITH 1 AS x INSERT INTO events {INSERT_COLS} SELECT 'hostile-w1', 'acme', 'hostile', 'pwned'",
         "backtick hides ;": f"SELECT 1 AS `a'`; INSERT INTO events {INSERT_COLS} VALUES {row}; SELECT 2 AS `b'`",
