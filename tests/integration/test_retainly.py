@@ -23,7 +23,8 @@ from schemas.kafka import RecordProducer
 from schemas.settings import GatewaySettings
 from tests.conftest import globex_config, wait_for
 
-SEED = Path("/work/shared/seeds/retainly-api.txt")
+# The seed's curl examples, copied into the repository (tests/fixtures/retainly-seed-curls.txt).
+SEED = Path(__file__).resolve().parent.parent / "fixtures" / "retainly-seed-curls.txt"
 ACME = {"key": "your_api_key", "secret": "your_api_secret", "Content-Type": "application/json"}
 
 
