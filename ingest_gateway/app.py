@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import time
 from typing import Any, AsyncIterator
 
 from aiohttp import web
@@ -131,11 +132,6 @@ def _admin_scope(request: web.Request) -> sqlguard.Scope | None:
     return sqlguard.Scope(workspace) if workspace is not None else None
 
 
-def _is_admin(request: web.Request) -> bool:
-    """Any admin credential (operator or workspace); what it may see is ``_admin_scope``."""
-    return _admin_scope(request) is not None
-
-
 def _require_admin(request: web.Request) -> sqlguard.Scope:
     scope = _admin_scope(request)
     if scope is None:
@@ -203,8 +199,6 @@ class AdminSQL:
         self._loaded = 0.0
 
     def _catalog_for(self, client: Any) -> sqlguard.Catalog:
-        import time
-
         if self._catalog is None or time.monotonic() - self._loaded > self.CATALOG_TTL_S:
             self._catalog, self._loaded = sqlguard.Catalog.load(client), time.monotonic()
         return self._catalog
