@@ -102,6 +102,14 @@ class StackProcess:
         self.proc.send_signal(signal.SIGTERM)
         return self.proc.wait(timeout)
 
+    def close(self, timeout: float = 60.0) -> None:
+        """The end of a fixture: SIGTERM and wait (a drain) if it still runs, SIGKILL if that fails."""
+        try:
+            if self.proc is not None and self.proc.poll() is None:
+                self.terminate(timeout)
+        finally:
+            self.kill()
+
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
@@ -137,10 +145,7 @@ def pytest_collection_modifyitems(config, items):
 def stack(tmp_path_factory):
     s = StackProcess(tmp_path_factory.mktemp("stack")).start()
     yield s
-    try:
-        s.terminate(60)
-    finally:
-        s.kill()
+    s.close()
 
 
 class Listener:

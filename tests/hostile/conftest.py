@@ -189,10 +189,7 @@ def bomb() -> bytes:
 def hostile_stack(tmp_path_factory):
     s = StackProcess(tmp_path_factory.mktemp("hostile"), config=hostile_config()).start()
     yield s
-    try:
-        s.terminate(60)
-    finally:
-        s.kill()
+    s.close()
 
 
 @pytest.fixture(scope="session")

@@ -35,10 +35,7 @@ def tls_stack(tmp_path_factory):
     https = next(u for u in ready.split() if u.startswith("https://"))
     s.https, s.tls_port, s.ca = https, tls_port, str(work / "ca.pem")
     yield s
-    try:
-        s.terminate(60)
-    finally:
-        s.kill()
+    s.close()
 
 
 def rows(stack, query):

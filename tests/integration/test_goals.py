@@ -50,10 +50,7 @@ TOKEN = {"Authorization": "Token tk_live_123"}
 def goal_stack(tmp_path_factory):
     s = StackProcess(tmp_path_factory.mktemp("goals"), config=GOALS_CONFIG).start()
     yield s
-    try:
-        s.terminate(60)
-    finally:
-        s.kill()
+    s.close()
 
 
 @pytest.fixture(scope="module")

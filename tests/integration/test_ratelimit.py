@@ -39,11 +39,7 @@ def limited(tmp_path_factory):
     s = StackProcess(tmp_path_factory.mktemp("ratelimit"), env=ENV).start()
     s.token = json.loads((s.workdir / "var" / "run" / "stack.json").read_text())["token"]
     yield s
-    try:
-        if s.proc.poll() is None:
-            s.terminate(60)
-    finally:
-        s.kill()
+    s.close()
 
 
 def call(url: str, method: str = "GET", body: bytes | None = None, headers: dict[str, str] | None = None):

@@ -52,10 +52,7 @@ def env(tmp_path_factory):
     wait_for(lambda: sql(s, "SELECT count() FROM customers FINAL", OPERATOR)[1].strip() == "2", timeout=60)
     yield s, listener
     listener.close()
-    try:
-        s.terminate(60)
-    finally:
-        s.kill()
+    s.close()
 
 
 def call(s, method, path, token, body=b"", scheme="Bearer", timeout=60):

@@ -150,10 +150,7 @@ def hook_stack(tmp_path_factory, receivers):
     hooks = {w: receivers.url(f"/{w.removeprefix('w-')}") for w in ("w-flaky", "w-gone", "w-limited", "w-hang", "w-ok", "w-redirect")}
     s = StackProcess(tmp_path_factory.mktemp("hooks"), config=webhooks_config(receivers, hooks)).start()
     yield s
-    try:
-        s.terminate(60)
-    finally:
-        s.kill()
+    s.close()
 
 
 def test_fails_twice_then_accepts_three_attempts_same_id_and_body(hook_stack, receivers):
