@@ -30,7 +30,7 @@ from . import errors, ratelimit, sqlguard
 from .dialects import DIALECTS, Dialect, Services
 from .dialects.base import json_response, read_body
 from .health import Health
-from .ports import Reader, Recommender, RecordSink, Trainer
+from .ports import Admission, Reader, Recommender, RecordSink, Trainer
 
 log = logging.getLogger("goalstream.gateway")
 SERVICES = web.AppKey("services", Services)
@@ -228,6 +228,7 @@ def create_app(
     producer: RecordSink | None = None,
     trainer: Trainer | None = None,
     recommender: Recommender | None = None,
+    admission: Admission | None = None,
 ) -> web.Application:
     """Build the gateway.
 
@@ -235,14 +236,15 @@ def create_app(
     by the caller; None: this gateway serves no reads. ``producer``: where records go
     (default: a Kafka ``RecordProducer`` from the settings, started and stopped with the
     app). ``trainer``/``recommender``: the scorer's, without which POST /admin/v1/train and
-    GET recommended-next-actions answer 503."""
+    GET recommended-next-actions answer 503. ``admission``: asked before every publish
+    (the embedded stack refuses while its broker is down or its backlog is full)."""
     producer = producer or RecordProducer(
         settings.kafka_bootstrap, idempotence=settings.kafka_idempotence, timeout_s=settings.produce_timeout_s
     )
     # Rate limits (off by default: then None, and nothing below changes the request path).
     limiter = ratelimit.RateLimiter.from_settings(settings)
     credentials = limiter.credentials(Credentials(config)) if limiter else Credentials(config)
-    services = Services(config=config, credentials=credentials, producer=producer, warehouse=warehouse, recommender=recommender)
+    services = Services(config=config, credentials=credentials, producer=producer, warehouse=warehouse, recommender=recommender, admission=admission)
     dialects = [d(services) for d in DIALECTS]
     app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[_error_middleware(dialects), *ratelimit.middlewares(limiter)])
     app[SERVICES] = services

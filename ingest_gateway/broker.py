@@ -61,6 +61,7 @@ class EmbeddedBroker:
     def __init__(self, port: int, log_dir: Path, host: str = "127.0.0.1"):
         self.host, self.port, self.log_dir = host, port, log_dir
         self.proc: asyncio.subprocess.Process | None = None
+        self.stopping = False  # set while we stop it ourselves: its exit is then no failure
 
     @property
     def bootstrap(self) -> str:
@@ -71,6 +72,7 @@ class EmbeddedBroker:
             raise BrokerError(
                 f"port {self.port} is in use; stop what listens there or pick another with --kafka-port"
             )
+        self.stopping = False
         self.log_dir.mkdir(parents=True, exist_ok=True)
         logfile = open(self.log_dir / "broker.log", "ab")
         url = f"tcp://{self.host}:{self.port}"
@@ -120,12 +122,22 @@ class EmbeddedBroker:
         return 0.0
 
     @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None else None
+
+    async def exited(self) -> int:
+        """Returns (with the exit status) as soon as the broker process has ended."""
+        assert self.proc is not None
+        return await self.proc.wait()
+
+    @property
     def running(self) -> bool:
         return self.proc is not None and self.proc.returncode is None
 
     async def stop(self) -> None:
         if self.proc is None or self.proc.returncode is not None:
             return
+        self.stopping = True
         try:
             self.proc.terminate()
         except ProcessLookupError:

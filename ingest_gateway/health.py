@@ -17,10 +17,14 @@ Probe = Callable[[], Awaitable[bool]]
 class Health:
     def __init__(self) -> None:
         self.components: dict[str, str] = {}
+        self.details: dict[str, object] = {}  # figures shown beside the states (e.g. the backlog)
         self._probes: dict[str, tuple[Probe, float]] = {}
 
     def set(self, component: str, state: str) -> None:
         self.components[component] = state
+
+    def detail(self, name: str, value: object) -> None:
+        self.details[name] = value
 
     def add_probe(self, component: str, probe: Probe, timeout_s: float = 1.0) -> None:
         self._probes[component] = (probe, timeout_s)
@@ -45,4 +49,4 @@ class Health:
         return all(state in ("up", "running", "embedded", "external") for state in self.components.values())
 
     def report(self) -> dict[str, object]:
-        return {"status": "ok" if self.ok else "degraded", "components": dict(self.components)}
+        return {"status": "ok" if self.ok else "degraded", "components": dict(self.components), **self.details}

@@ -3,7 +3,8 @@
 ``create_app`` is given a ``RecordSink`` (canonical records to Kafka; the app starts it
 before the first request and stops it after the last), a ``Reader`` (ClickHouse reads for
 the GET endpoints, the admin SQL lane and ``/healthz``), a ``Recommender`` (GET
-recommended-next-actions) and a ``Trainer`` (POST /admin/v1/train). The gateway defines
+recommended-next-actions), a ``Trainer`` (POST /admin/v1/train) and an ``Admission`` (may
+the pipeline take records right now). The gateway defines
 them and never imports their implementations: ``schemas.kafka.RecordProducer`` and
 ``schemas.warehouse.Warehouse`` fit the first two as they are, and the composition root
 (``ingest_gateway.cli``) builds the other two from the stream processors' scorer.
@@ -13,10 +14,13 @@ Tests hand in list-backed or failing fakes instead.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol, Sequence, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence, TypeVar
 
 from schemas.config import Goal
 from schemas.model import Record
+
+if TYPE_CHECKING:
+    from .errors import GatewayError
 
 T = TypeVar("T")
 
@@ -31,6 +35,11 @@ class RecordSink(Protocol):
     async def flush(self) -> None: ...
 
     async def publish(self, records: Sequence[Record]) -> None: ...
+
+
+# Asked before every publish: None to take the records, else the error to answer with
+# (``errors.Unavailable`` with ``retry_after``: the broker is down, the backlog is full).
+Admission = Callable[[], "GatewayError | None"]
 
 
 class Reader(Protocol):

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -134,6 +134,22 @@ class RecordProducer:
         self.timeout_s = timeout_s
         self.linger_ms = linger_ms
         self._producer: AIOKafkaProducer | None = None
+        # The highest offset the broker acknowledged per (topic, partition): what a drain or
+        # the embedded stack's spool waits to see stored downstream.
+        self.acked: dict[tuple[str, int], int] = {}
+
+    def _note(self, results: Sequence[Any]) -> dict[tuple[str, int], int]:
+        """Fold acknowledgements (RecordMetadata) into ``acked``; their own highest per partition."""
+        top: dict[tuple[str, int], int] = {}
+        for md in results:
+            tp = (md.topic, md.partition)
+            if md.offset > top.get(tp, -1):
+                top[tp] = md.offset
+        acked = self.acked
+        for tp, off in top.items():
+            if off > acked.get(tp, -1):
+                acked[tp] = off
+        return top
 
     def _make(self, idempotent: bool) -> AIOKafkaProducer:
         return AIOKafkaProducer(
@@ -186,9 +202,23 @@ class RecordProducer:
             futures = []
             for r, value, headers in encoded:
                 futures.append(await self._producer.send(r.topic, value, key=r.key, headers=list(headers)))
-            await asyncio.wait_for(asyncio.gather(*futures), self.timeout_s)
+            self._note(await asyncio.wait_for(asyncio.gather(*futures), self.timeout_s))
         except MessageSizeTooLargeError as exc:
             # The broker's own limit (message.max.bytes) is lower than ours: as permanent.
+            raise RecordTooLarge(f"the broker refused a record as too large: {exc!r}") from exc
+        except (KafkaError, asyncio.TimeoutError) as exc:
+            raise KafkaUnavailable(f"broker did not acknowledge: {exc!r}") from exc
+
+    async def send_encoded(self, entries: Sequence[tuple[str, bytes | None, bytes, Sequence[tuple[str, bytes]]]]) -> dict[tuple[str, int], int]:
+        """Send already-encoded (topic, key, value, headers) in order and wait for every
+        acknowledgement; returns the highest acknowledged offset per (topic, partition)."""
+        if self._producer is None:
+            raise KafkaUnavailable("producer is not running")
+        send = self._producer.send
+        try:
+            futures = [await send(topic, value, key=key, headers=list(headers)) for topic, key, value, headers in entries]
+            return self._note(await asyncio.wait_for(asyncio.gather(*futures), self.timeout_s))
+        except MessageSizeTooLargeError as exc:
             raise RecordTooLarge(f"the broker refused a record as too large: {exc!r}") from exc
         except (KafkaError, asyncio.TimeoutError) as exc:
             raise KafkaUnavailable(f"broker did not acknowledge: {exc!r}") from exc

@@ -116,7 +116,18 @@ class StackSettings(GatewaySettings, WorkerSettings):
 
     drain_timeout_s: float = Field(default=120.0, gt=0, validation_alias=_env("drain_timeout_s", "GOALSTREAM_DRAIN_TIMEOUT_S"))
     broker_max_rss_mb: int = Field(default=4096, ge=64, validation_alias=_env("broker_max_rss_mb", "GOALSTREAM_BROKER_MAX_RSS_MB"))
+    # The embedded broker keeps everything in memory: with the spool on, a 2xx means the
+    # records are fsynced under <data-dir>/spool first (off: a crash loses what is not stored).
+    spool: bool = Field(default=True, validation_alias=_env("spool", "GOALSTREAM_SPOOL"))
+    # At most this many accepted records not yet stored in ClickHouse; above it writers get
+    # 503 + Retry-After (0: no bound).
+    max_backlog: int = Field(default=100_000, ge=0, validation_alias=_env("max_backlog", "GOALSTREAM_MAX_BACKLOG"))
 
     @property
     def embedded_broker(self) -> bool:
         return self.kafka is None
+
+    @property
+    def spooled(self) -> bool:
+        """The write-ahead spool is for the embedded broker; an external Kafka's acks=all is durable."""
+        return self.spool and self.embedded_broker

@@ -7,3 +7,5 @@ RECOMMENDATIONS = "goalstream.recommendations"
 DEADLETTER = "goalstream.deadletter"
 
 ALL = (CUSTOMERS, EVENTS, PROPENSITY, RECOMMENDATIONS, DEADLETTER)
+# What the gateway writes (and the processors store): the topics a backlog is counted on.
+INGEST = (EVENTS, CUSTOMERS, DEADLETTER)

@@ -54,6 +54,10 @@ def parser() -> argparse.ArgumentParser:
     _common(up)
     _http(up)
     up.add_argument("--broker-max-rss-mb", type=int, dest="broker_max_rss_mb", help="recycle the embedded broker above this RSS")
+    up.add_argument("--max-backlog", type=int, dest="max_backlog",
+                    help="accepted records not yet stored before writers get 503 (default 100000; 0: no bound)")
+    up.add_argument("--no-spool", action="store_false", dest="spool", default=None,
+                    help="acknowledge on the embedded broker's ack only, without the fsynced spool (a crash loses the backlog)")
     gw = sub.add_parser("gateway", help="run the HTTP gateway alone (scaled out)")
     _common(gw)
     _http(gw)

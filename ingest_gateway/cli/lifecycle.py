@@ -20,6 +20,8 @@ import signal
 from contextlib import AsyncExitStack
 from typing import Any, Awaitable, Callable
 
+from schemas.stopping import outcome
+
 log = logging.getLogger("goalstream.lifecycle")
 
 STOP_TIMEOUT_S = 30.0  # one part's stop, unless its own bound is given
@@ -57,30 +59,10 @@ class Stops:
         self._stack.push_async_callback(self.run, what, stop, timeout_s)
 
     async def run(self, what: str, stop: Callable[[], Awaitable[Any]], timeout_s: float = STOP_TIMEOUT_S) -> bool:
-        """Run one stop to its end or for ``timeout_s``; True if it ended cleanly.
-
-        A cancellation while it runs does not abandon it half-way (the rest of the stops
-        still need it done): it is waited for up to the same bound, and the cancellation
-        is raised after."""
-        task = asyncio.ensure_future(stop())
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_s
-        cancelled = False
-        while not task.done():
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                log.error("stopping %s took over %.0fs; left behind", what, timeout_s)
-                task.cancel()
-                task.add_done_callback(lambda t: t.cancelled() or t.exception())  # nothing left to report it to
-                break
-            try:
-                await asyncio.wait([task], timeout=remaining)
-            except asyncio.CancelledError:
-                cancelled = True
-        exc = task.exception() if task.done() and not task.cancelled() else None
-        ok = task.done() and not task.cancelled() and exc is None
-        if exc is not None:
-            log.error("stopping %s failed: %s: %s", what, type(exc).__name__, exc, exc_info=exc)
+        """Run one stop to its end or for ``timeout_s``; True if it ended cleanly
+        (``schemas.stopping.bounded``: a cancellation meanwhile waits for it and is raised
+        after; a CancelledError out of the stop itself is its failure, not ours)."""
+        ok, cancelled = await outcome(what, stop, timeout_s, logger=log)
         if not ok:
             self.failed.append(what)
         if cancelled:

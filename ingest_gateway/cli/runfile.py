@@ -2,8 +2,9 @@
 (``sql``, ``train``, ``deadletter``, ``webhooks``) reach a ``goalstream up`` on the same data
 dir, which holds the embedded ClickHouse and broker.
 
-It holds the stack's pid, its URL, its per-run admin token and its Kafka bootstrap
-servers; it is written mode 0600 once the gateway listens and removed last on stop.
+It holds the stack's pid, its URL, its per-run admin token, its Kafka bootstrap servers and
+the embedded broker's pid (null with ``--kafka``; rewritten when the broker is restarted); it
+is written mode 0600 once the gateway listens and removed last on stop.
 """
 
 from __future__ import annotations
@@ -18,12 +19,12 @@ def path(data_dir: Path) -> Path:
     return data_dir / "run" / "stack.json"
 
 
-def write(data_dir: Path, *, url: str, token: str, kafka: str) -> None:
+def write(data_dir: Path, *, url: str, token: str, kafka: str, broker_pid: int | None = None) -> None:
     p = path(data_dir)
     p.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
-        json.dump({"pid": os.getpid(), "url": url, "token": token, "kafka": kafka}, f)
+        json.dump({"pid": os.getpid(), "url": url, "token": token, "kafka": kafka, "broker_pid": broker_pid}, f)
 
 
 def remove(data_dir: Path) -> None:

@@ -2,17 +2,25 @@
 
 Start order: broker (embedded tansu unless ``--kafka``) -> topics -> ClickHouse (chDB
 unless ``--clickhouse``) and its migrations -> stream processors and webhook dispatcher
--> gateway -> the run file -> the ready line. chDB allows one process per data path, so
-gateway and processors share one ``Warehouse`` here, and one ``ModelStore``, so the API
-answers with a new model as soon as the scorer has it; scaled out, each runs alone
-(``processes.py``).
+-> gateway (with the embedded broker: its spooled sink, which re-sends what the spool still
+holds) -> the run file -> the ready line. chDB allows one process per data path, so gateway
+and processors share one ``Warehouse`` here, and one ``ModelStore``, so the API answers with
+a new model as soon as the scorer has it; scaled out, each runs alone (``processes.py``).
 
-Stop (SIGTERM/Ctrl-C) drains, then closes in the reverse order: the gateway answers 503
-to new requests, finishes the ones in flight and flushes its producer; then, because the
-embedded broker keeps nothing, we wait until the processors have stored everything up
-to the topics' end offsets (and the dispatcher a delivery for every score) before
-stopping them and the broker. The same drain recycles the embedded broker when its
-memory passes ``--broker-max-rss-mb``.
+While it runs (``wait``), every 0.2 s: the ledger releases what ClickHouse holds from the
+spool, the backlog is published in ``/healthz`` (writers get 503 above ``--max-backlog``),
+and the embedded broker's RSS is checked (recycled above ``--broker-max-rss-mb``). The broker
+child's exit is noticed at once: writers get 503 and ``/healthz`` says ``broker: down`` while
+it is restarted on the same port with its topics, the sink reconnected (the spool re-sent in
+order) and the processors and dispatcher started afresh; if it cannot be restarted the stack
+stops and exits non-zero.
+
+Stop (SIGTERM/Ctrl-C) drains, then closes in the reverse order: the gateway keeps listening
+and answers 503 + Retry-After to new writes, finishes the ones in flight, and waits until
+the processors have stored everything accepted (the spool is released to its end; without a
+spool, up to the topics' end offsets) and the dispatcher a delivery for every score; only
+then does the port close. A drain that does not finish in ``--drain-timeout`` leaves the rest
+in the spool, says so, and the exit status is 1.
 """
 
 from __future__ import annotations
@@ -23,19 +31,22 @@ import secrets
 
 from schemas import topics
 from schemas.config import GoalstreamConfig
-from schemas.kafka import end_offsets, ensure_topics
+from schemas.kafka import RecordProducer, end_offsets, ensure_topics
 from schemas.settings import StackSettings
+from schemas.stopping import bounded
 from schemas.warehouse import Warehouse
 from stream_processors.app import Processors
 from stream_processors.scoring.goals import ModelStore
 from stream_processors.webhooks.dispatcher import Dispatcher
 
-from .. import logsafe
+from .. import errors, logsafe
 from ..app import SERVICES, create_app
 from ..broker import EmbeddedBroker
+from ..durable import SpooledSink
 from ..health import Health
 from . import http, runfile
 from .adapters import GoalRecommender, ScorerTrainer
+from .ledger import Ledger, lag
 from .lifecycle import Process, wait_until
 from .processes import DISPATCHER_STOP_S, PROCESSORS_STOP_S, open_warehouse
 
@@ -43,6 +54,12 @@ log = logging.getLogger("goalstream.stack")
 
 BROKER_STOP_S = 30.0
 OFFSETS_TIMEOUT_S = 15.0  # reading the topics' end offsets, to know what "drained" is
+TICK_S = 0.2  # how often the ledger, the backlog and the broker's RSS are looked at
+# With the broker dead, nothing is left to commit or flush: parts get this long to stop.
+DEAD_BROKER_STOP_S = 3.0
+RESTART_ATTEMPTS = 3
+RESTART_TIMEOUT_S = 5.0  # one attempt: the broker listening and its topics created
+RETRY_AFTER_S = 2  # what writers are told while the broker restarts or the backlog is full
 
 
 class Stack(Process):
@@ -59,27 +76,76 @@ class Stack(Process):
         self.processors: Processors | None = None
         self.dispatcher: Dispatcher | None = None
         self.server: http.Http | None = None
+        self.sink: SpooledSink | RecordProducer | None = None
+        self.ledger: Ledger | None = None
+        self.url = ""
         self.token = secrets.token_urlsafe(32)
         logsafe.add_secrets(self.token)  # the per-run token is a secret like any configured one
         self._recycling = asyncio.Lock()
+        self.blocked: str | None = None  # why writers get 503 right now (broker restarting ...)
+        self._broker_died = asyncio.Event()
+        self._watch: asyncio.Task | None = None
+        self._starting: asyncio.Task | None = None  # processors starting after a broker restart
+        self._seen = None  # the events sink's memory of recent ids, handed to the next processors
 
     @property
     def bootstrap(self) -> str:
         return self.broker.bootstrap if self.broker else self.settings.kafka_bootstrap
 
+    def _make_producer(self) -> RecordProducer:
+        s = self.settings
+        return RecordProducer(self.bootstrap, idempotence=s.kafka_idempotence, timeout_s=s.produce_timeout_s)
+
+    # -- admission: what the gateway asks before every publish -----------------------------
+
+    @property
+    def backlog(self) -> int:
+        """Accepted records ClickHouse does not hold yet."""
+        if self.ledger is not None:
+            return self.ledger.backlog
+        if isinstance(self.sink, RecordProducer):
+            return lag(self.sink.acked, self.processors.progress if self.processors else None)
+        return 0
+
+    def admission(self) -> errors.GatewayError | None:
+        if self.blocked is not None:
+            return errors.Unavailable(self.blocked, retry_after=RETRY_AFTER_S)
+        bound = self.settings.max_backlog
+        if bound and (backlog := self.backlog) >= bound:
+            return errors.Unavailable(
+                f"{backlog} accepted records are waiting to be stored (the bound is {bound}); retry shortly",
+                retry_after=RETRY_AFTER_S,
+            )
+        return None
+
     # -- the parts, each started and stopped on its own (recycling restarts two of them) --
 
-    async def _start_broker(self) -> None:
+    async def _start_broker(self, timeout: float = 20.0) -> None:
         s = self.settings
         if s.embedded_broker:
-            self.broker = EmbeddedBroker(s.kafka_port, s.data_dir / "logs")
-            await self.broker.start()
+            if self.broker is None:
+                self.broker = EmbeddedBroker(s.kafka_port, s.data_dir / "logs")
+            await self.broker.start(timeout=timeout)
+            self._broker_died.clear()
+            self._watch = asyncio.create_task(self._watch_broker(self.broker), name="goalstream-broker-watch")
             self.health.set("broker", "embedded")
         else:
             self.health.set("broker", "external")
-        await ensure_topics(self.bootstrap, s.topic_partitions, s.topic_replication)
+        await asyncio.wait_for(ensure_topics(self.bootstrap, s.topic_partitions, s.topic_replication), timeout)
+
+    async def _watch_broker(self, broker: EmbeddedBroker) -> None:
+        """Notice the broker's exit the moment it happens: writers are refused at once."""
+        status = await broker.exited()
+        if self._broker_died.is_set() or broker.stopping:
+            return  # we stopped it ourselves
+        self.blocked = "the pipeline's broker is restarting; retry shortly"
+        self.health.set("broker", "down")
+        log.error("the embedded broker exited (status %s); restarting it (see %s)", status, self.settings.data_dir / "logs" / "broker.log")
+        self._broker_died.set()
 
     async def _stop_broker(self) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
         if self.broker is not None:
             await self.broker.stop()
             log.debug("broker stopped")
@@ -87,10 +153,19 @@ class Stack(Process):
     async def _remove_run_file(self) -> None:
         runfile.remove(self.settings.data_dir)
 
+    def _write_run_file(self) -> None:
+        runfile.write(self.settings.data_dir, url=self.url, token=self.token, kafka=self.bootstrap,
+                      broker_pid=self.broker.pid if self.broker else None)
+
     async def _start_processors(self) -> None:
         loop = asyncio.get_running_loop()
         t0 = loop.time()
+        # A resent record is skipped by the events sink's memory of recent ids: keep it
+        # across a broker restart, so what the spool sends again is not inserted twice.
         self.processors = Processors(self.settings, self.warehouse, self.config, models=self.models)
+        if self._seen is not None:
+            self.processors.events.seen = self._seen
+        self.health.set("processors", "starting")
         await self.processors.start()
         self.health.set("processors", "running")
         t1 = loop.time()
@@ -100,13 +175,32 @@ class Stack(Process):
         log.info("processors started in %.1fs, dispatcher in %.1fs", t1 - t0, loop.time() - t1)
 
     async def _stop_processors(self) -> None:
+        """The stack's own stop of the processors and dispatcher (its outcome counts)."""
+        await self._stop_consumers(self.stops.run)
+
+    async def _stop_consumers(self, run=None) -> None:
+        """Stop the processors and the dispatcher; ``run`` is how each stop is run (bounded)."""
+        run = run or (lambda what, stop, timeout_s: bounded(what, stop, timeout_s, logger=log))
+        starting, self._starting = self._starting, None
+        if starting is not None and not starting.done():
+            starting.cancel()
+            await bounded("starting the processors", asyncio.gather(starting, return_exceptions=True), DEAD_BROKER_STOP_S, logger=log)
         dispatcher, self.dispatcher = self.dispatcher, None
         processors, self.processors = self.processors, None
+        if processors is not None:
+            self._seen = processors.events.seen  # the next processors inherit its memory of recent ids
+        if self.broker is not None and not self.broker.running:
+            # Nothing to commit to a dead broker: stop both at once, briefly.
+            await asyncio.gather(
+                *(run(what, part.stop, DEAD_BROKER_STOP_S)
+                  for what, part in (("the dispatcher", dispatcher), ("the processors", processors)) if part is not None)
+            )
+            return
         if dispatcher is not None:
-            await self.stops.run("the dispatcher", dispatcher.stop, DISPATCHER_STOP_S)
+            await run("the dispatcher", dispatcher.stop, DISPATCHER_STOP_S)
             log.debug("dispatcher stopped")
         if processors is not None:
-            await self.stops.run("the processors", processors.stop, PROCESSORS_STOP_S)
+            await run("the processors", processors.stop, PROCESSORS_STOP_S)
             log.debug("processors stopped")
 
     # -- the life ------------------------------------------------------------------------
@@ -123,53 +217,190 @@ class Stack(Process):
         self.models = ModelStore(self.warehouse, ttl_s=s.model_refresh_s)
         self.stops.push("the processors", self._stop_processors, DISPATCHER_STOP_S + PROCESSORS_STOP_S + 5)
         await self._start_processors()
+        if s.spooled:
+            self.sink = SpooledSink(s.data_dir / "spool", self._make_producer)
+        else:
+            self.sink = self._make_producer()
         app = create_app(
             s, self.config, warehouse=self.warehouse, health=self.health, local_token=self.token,
+            producer=self.sink, admission=self.admission,
             trainer=ScorerTrainer(lambda: self.processors),
             recommender=GoalRecommender(self.warehouse, self.config, self.models),
         )
         self.server = http.Http(app, s)
         self.stops.push("the gateway", self.server.stop, http.STOP_TIMEOUT_S)
-        urls = await self.server.start()
-        runfile.write(s.data_dir, url=urls[0], token=self.token, kafka=self.bootstrap)
+        urls = await self.server.start()  # starts the sink: the spool re-sends what it holds
+        if isinstance(self.sink, SpooledSink):
+            self.ledger = Ledger(self.sink, lambda: self.processors, lambda: self.dispatcher)
+        self.url = urls[0]
+        self._write_run_file()
+        await self._tick()
         return urls
 
     async def wait(self, stop: asyncio.Event) -> None:
-        """Watch the embedded broker: stop the stack if it dies, recycle it when it grows."""
+        """Keep the books and watch the embedded broker until the stop signal."""
         while not stop.is_set():
-            try:
-                await asyncio.wait_for(stop.wait(), 5.0)
+            await _first((stop, self._broker_died), TICK_S)
+            if stop.is_set():
                 return
-            except asyncio.TimeoutError:
-                pass
-            if self.broker is None:
+            if self._broker_died.is_set():
+                if not await self.recover():
+                    self.stops.failed.append("the embedded broker")
+                    stop.set()
+                    return
                 continue
-            if not self.broker.running:
-                log.error("the embedded broker exited; stopping the stack (see %s)", self.settings.data_dir / "logs" / "broker.log")
-                self.health.set("broker", "down")
-                stop.set()
-                return
-            rss = self.broker.rss_mb()
-            if rss > self.settings.broker_max_rss_mb:
-                log.warning("embedded broker uses %.0f MB (> %d MB): draining and recycling it", rss, self.settings.broker_max_rss_mb)
-                await self.recycle_broker()
+            await self._tick()
+            if self.broker is not None and self.broker.running:
+                rss = self.broker.rss_mb()
+                if rss > self.settings.broker_max_rss_mb:
+                    log.warning("embedded broker uses %.0f MB (> %d MB): recycling it", rss, self.settings.broker_max_rss_mb)
+                    await self.recycle_broker()
+
+    async def _tick(self) -> None:
+        """Release what is stored from the spool; publish the backlog in /healthz."""
+        if self.ledger is not None:
+            upto = self.ledger.step()
+            if upto is not None:
+                await self.ledger.sink.spool.release(upto)
+        detail: dict[str, object] = {"records": self.backlog, "max": self.settings.max_backlog}
+        if isinstance(self.sink, SpooledSink):
+            detail["spool"] = self.sink.spool.stats()
+        self.health.detail("backlog", detail)
+
+    # -- the broker's death, and its recycling ---------------------------------------------
+
+    async def _restart_broker(self) -> bool:
+        """A new embedded broker on the same port, its topics, the sink reconnected."""
+        assert self.broker is not None
+        for attempt in range(1, RESTART_ATTEMPTS + 1):
+            try:
+                await self.broker.stop()  # reaps the old process
+                await self._start_broker(timeout=RESTART_TIMEOUT_S)
+                break
+            except Exception as exc:
+                log.error("restarting the embedded broker failed (attempt %d of %d): %s", attempt, RESTART_ATTEMPTS, exc)
+                await asyncio.sleep(0.5)
+        else:
+            return False
+        if isinstance(self.sink, SpooledSink):
+            await self.sink.reconnect()  # everything not yet released, in order, then new records
+        elif self.sink is not None:
+            await bounded("the gateway's producer", self.sink.stop, DEAD_BROKER_STOP_S, logger=log)
+            await self.sink.start()
+        self._write_run_file()
+        return True
+
+    def _start_processors_later(self) -> None:
+        # Joining the consumer group takes seconds; writers need not wait for it.
+        async def start() -> None:
+            try:
+                await self._start_processors()
+            except Exception:
+                log.exception("the processors did not start after the broker restart; stopping the stack")
+                self._broker_died.set()  # the next tick treats it as a failed broker
+
+        self._starting = asyncio.create_task(start(), name="goalstream-processors-start")
+
+    async def recover(self) -> bool:
+        """The embedded broker died: restart it and everything that talks to it."""
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        self.blocked = self.blocked or "the pipeline's broker is restarting; retry shortly"
+        self.health.set("broker", "down")
+        if isinstance(self.sink, SpooledSink):
+            await self.sink.pause()
+        await self._stop_consumers()
+        self.health.set("broker", "recovering")
+        if not await self._restart_broker():
+            self.health.set("broker", "down")
+            log.error("the embedded broker cannot be restarted; stopping the stack (what was accepted stays in the spool)")
+            return False
+        self.blocked = None
+        log.warning("embedded broker restarted in %.1fs; taking records again", loop.time() - t0)
+        self._start_processors_later()
+        return True
+
+    async def recycle_broker(self) -> None:
+        """Replace the embedded broker (its memory is never given back); writers get 503 for
+        the few seconds it takes. With the spool, what is not stored yet is sent to the new
+        broker again; without it, the processors drain the old broker first."""
+        async with self._recycling:
+            services = self.server.app[SERVICES]
+            self.blocked = "the pipeline's broker is being recycled; retry shortly"
+            self.health.set("broker", "recycling")
+            try:
+                await bounded("requests in flight", services.wait_idle, http.SHUTDOWN_TIMEOUT_S, logger=log)
+                if isinstance(self.sink, SpooledSink):
+                    await bounded("sending the spool", self.sink.flush, 5.0, logger=log)
+                    await self.sink.pause()
+                else:
+                    await services.producer.flush()
+                    await self._drain_processors()
+                await self._stop_consumers()
+                if not await self._restart_broker():
+                    self._broker_died.set()  # handled as a broker that died
+                    return
+                self.blocked = None
+                self._start_processors_later()
+            finally:
+                if not self._broker_died.is_set():
+                    self.blocked = None
+                    self.health.set("broker", "embedded" if self.broker and self.broker.running else "down")
+
+    # -- the drain ----------------------------------------------------------------------------
 
     async def drain(self) -> None:
-        if self.server is not None:
-            # stops listening, finishes requests in flight, flushes the producer
-            await self.stops.run("the gateway", self.server.stop, http.STOP_TIMEOUT_S)
-            log.debug("gateway stopped")
-        if self.broker is not None and self.broker.running:
+        if self.server is None:
+            return
+        services = self.server.app[SERVICES]
+        # The port stays open: new writes get 503 + Retry-After until the drain has ended.
+        services.draining = True
+        self.health.set("gateway", "draining")
+        await self.stops.run("finishing requests in flight", services.wait_idle, http.SHUTDOWN_TIMEOUT_S)
+        broker_up = self.broker is None or self.broker.running
+        if self._starting is not None and broker_up:
+            await bounded("starting the processors", asyncio.shield(self._starting), 30.0, logger=log)
+        if isinstance(self.sink, SpooledSink):
+            if not await self._drain_spool():
+                self.stops.failed.append("draining")
+        elif self.broker is not None and self.broker.running:
             # An external Kafka keeps what is not stored yet; the embedded broker does not.
+            await self.stops.run("flushing the producer", services.producer.flush, 30.0)
             await self.stops.run("draining the processors", self._drain_processors, self._drain_bound())
+        await self.stops.run("the gateway", self.server.stop, http.STOP_TIMEOUT_S)
+        log.debug("gateway stopped")
+
+    async def _drain_spool(self) -> bool:
+        """Until the spool is released to its end: everything accepted is in ClickHouse, and
+        everything it led to. False (and said) if that did not happen in the drain timeout."""
+        assert isinstance(self.sink, SpooledSink) and self.ledger is not None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.drain_timeout_s
+        while not self.ledger.settled:
+            if self.broker is not None and not self.broker.running:
+                reason = "the broker is down"
+                break
+            if loop.time() >= deadline:
+                reason = f"it did not finish within {self.settings.drain_timeout_s:.0f}s"
+                break
+            await asyncio.sleep(0.05)
+            await self._tick()
+        else:
+            log.info("drained: all %d records accepted are in ClickHouse", self.sink.spool.last_seq)
+            return True
+        log.error(
+            "the drain stopped because %s: %d accepted records are not stored yet; they stay in the spool (%s) "
+            "and are stored at the next start", reason, self.backlog, self.sink.spool_dir,
+        )
+        return False
 
     def _drain_bound(self) -> float:
         # Up to three waits of drain_timeout_s, each after reading end offsets.
         return 3 * (self.settings.drain_timeout_s + OFFSETS_TIMEOUT_S) + 5
 
     async def _drain_processors(self) -> None:
-        """Wait until everything on the broker is in ClickHouse: customers and events
-        first, then the dead letters, which include any those two produced meanwhile."""
+        """Without a spool: wait until everything on the broker is in ClickHouse: customers
+        and events first, then the dead letters, which include any those two produced meanwhile."""
         if self.processors is None:
             return
         total = 0
@@ -177,40 +408,32 @@ class Stack(Process):
             try:
                 ends = await asyncio.wait_for(end_offsets(self.bootstrap, names), OFFSETS_TIMEOUT_S)
             except Exception as exc:
-                log.error("cannot read end offsets to drain (%r); records not yet stored may be lost", exc)
-                return
+                raise DrainIncomplete(f"cannot read end offsets to drain ({exc!r}); records not yet stored may be lost") from None
             total += sum(ends.values())
             if not await self.processors.wait_caught_up(ends, self.settings.drain_timeout_s):
-                log.error("drain timed out after %.0fs; progress %s of %s", self.settings.drain_timeout_s, self.processors.progress, ends)
-                return
+                raise DrainIncomplete(f"drain timed out after {self.settings.drain_timeout_s:.0f}s; progress {self.processors.progress} of {ends}")
         # Then the dispatcher stores a delivery for every propensity record (it retries from ClickHouse).
         if self.dispatcher is not None:
             try:
                 ends = await asyncio.wait_for(end_offsets(self.bootstrap, [topics.PROPENSITY, topics.RECOMMENDATIONS]), OFFSETS_TIMEOUT_S)
             except Exception as exc:
-                log.error("cannot read end offsets to drain the dispatcher (%r)", exc)
-                return
+                raise DrainIncomplete(f"cannot read end offsets to drain the dispatcher ({exc!r})") from None
             total += sum(ends.values())
             dispatcher = self.dispatcher
-            await wait_until(lambda: dispatcher.caught_up(ends), self.settings.drain_timeout_s)
+            if not await wait_until(lambda: dispatcher.caught_up(ends), self.settings.drain_timeout_s):
+                raise DrainIncomplete("the dispatcher did not catch up within the drain timeout")
         log.info("drained: %d records on the broker are all in ClickHouse", total)
 
-    async def recycle_broker(self) -> None:
-        """Drain, restart the embedded broker empty, and resume; requests meanwhile get 503."""
-        async with self._recycling:
-            services = self.server.app[SERVICES]
-            services.draining = True
-            self.health.set("broker", "recycling")
-            try:
-                await services.wait_idle()
-                await services.producer.flush()
-                await self._drain_processors()
-                await self._stop_processors()
-                await services.producer.stop()
-                await self.broker.stop()
-                await self._start_broker()
-                await services.producer.start()
-                await self._start_processors()
-            finally:
-                services.draining = False
-                self.health.set("broker", "embedded" if self.broker and self.broker.running else "down")
+
+class DrainIncomplete(Exception):
+    """A drain that could not finish: what was not stored is named in the message."""
+
+
+async def _first(events: tuple[asyncio.Event, ...], timeout: float) -> None:
+    """Until one of ``events`` is set, or ``timeout``."""
+    waits = [asyncio.ensure_future(e.wait()) for e in events]
+    try:
+        await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waits:
+            w.cancel()

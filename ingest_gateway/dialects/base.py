@@ -30,7 +30,7 @@ from schemas.model import Record
 from schemas.warehouse import WarehouseError
 
 from .. import errors
-from ..ports import Reader, Recommendation, Recommender, RecordSink
+from ..ports import Admission, Reader, Recommendation, Recommender, RecordSink
 
 log = logging.getLogger("goalstream.gateway")
 
@@ -45,6 +45,9 @@ class Services:
     producer: RecordSink
     warehouse: Reader | None
     recommender: Recommender | None = None  # the scorer's view, for GET recommended-next-actions
+    # Whether the pipeline takes records now (the embedded stack: broker up, backlog under
+    # its bound); a refusal is raised as it is, a 503 with Retry-After in the dialect's shape.
+    admission: Admission | None = None
     draining: bool = False
     inflight: int = 0
     # Things refused and deliberately not stored (e.g. "pixel_unauthenticated"), for metrics.
@@ -53,6 +56,8 @@ class Services:
     async def publish(self, records: Sequence[Record]) -> None:
         if self.draining:
             raise errors.Unavailable("the gateway is draining; retry shortly", retry_after=5)
+        if self.admission is not None and (refusal := self.admission()) is not None:
+            raise refusal
         self.inflight += 1
         try:
             await self.producer.publish(records)

@@ -17,6 +17,7 @@ import zlib
 
 import orjson
 import pytest
+from aiokafka.structs import RecordMetadata
 from aiohttp.test_utils import TestClient, TestServer
 
 from ingest_gateway import errors
@@ -40,7 +41,7 @@ class _Sent:
     async def send(self, topic, value, key=None, headers=None):
         self.sent.append((topic, value, key, headers))
         fut = asyncio.get_running_loop().create_future()
-        fut.set_result(None)
+        fut.set_result(RecordMetadata(topic, 0, None, len(self.sent) - 1, -1, None, 0))  # acked at the next offset
         return fut
 
 
