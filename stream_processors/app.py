@@ -130,7 +130,7 @@ class Processors:
         await self.scorer.stop()
         # Bounded: with the broker gone, faust's final commit could wait forever.
         await stop_within("the processors", self.app.stop(), timeout)
-        await stop_within("the dead-letter producer", self.producer.stop(), 10)
+        await stop_within("the dead-letter producer", self.producer.stop(), min(10.0, timeout))
 
     # -- draining ----------------------------------------------------------------------
 

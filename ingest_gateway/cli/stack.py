@@ -56,7 +56,8 @@ BROKER_STOP_S = 30.0
 OFFSETS_TIMEOUT_S = 15.0  # reading the topics' end offsets, to know what "drained" is
 TICK_S = 0.2  # how often the ledger, the backlog and the broker's RSS are looked at
 # With the broker dead, nothing is left to commit or flush: parts get this long to stop.
-DEAD_BROKER_STOP_S = 3.0
+DEAD_BROKER_STOP_S = 4.0
+DEAD_BROKER_PART_S = 1.0  # each step inside (faust's app, a consumer, a producer)
 RESTART_ATTEMPTS = 3
 RESTART_TIMEOUT_S = 5.0  # one attempt: the broker listening and its topics created
 RETRY_AFTER_S = 2  # what writers are told while the broker restarts or the backlog is full
@@ -86,6 +87,7 @@ class Stack(Process):
         self._broker_died = asyncio.Event()
         self._watch: asyncio.Task | None = None
         self._starting: asyncio.Task | None = None  # processors starting after a broker restart
+        self._resent_upto = 0  # the last seq a broker recycle sent again (see _may_recycle)
         self._seen = None  # the events sink's memory of recent ids, handed to the next processors
 
     @property
@@ -192,7 +194,7 @@ class Stack(Process):
         if self.broker is not None and not self.broker.running:
             # Nothing to commit to a dead broker: stop both at once, briefly.
             await asyncio.gather(
-                *(run(what, part.stop, DEAD_BROKER_STOP_S)
+                *(run(what, lambda part=part: part.stop(timeout=DEAD_BROKER_PART_S), DEAD_BROKER_STOP_S)
                   for what, part in (("the dispatcher", dispatcher), ("the processors", processors)) if part is not None)
             )
             return
@@ -252,7 +254,7 @@ class Stack(Process):
             await self._tick()
             if self.broker is not None and self.broker.running:
                 rss = self.broker.rss_mb()
-                if rss > self.settings.broker_max_rss_mb:
+                if rss > self.settings.broker_max_rss_mb and self._may_recycle():
                     log.warning("embedded broker uses %.0f MB (> %d MB): recycling it", rss, self.settings.broker_max_rss_mb)
                     await self.recycle_broker()
 
@@ -268,6 +270,11 @@ class Stack(Process):
         self.health.detail("backlog", detail)
 
     # -- the broker's death, and its recycling ---------------------------------------------
+
+    def _may_recycle(self) -> bool:
+        # Not again before what the last recycle sent to the new broker is stored: the re-sent
+        # backlog itself grows the new broker, and recycling it again would only send it again.
+        return self.ledger is None or self.ledger.stored_seq >= self._resent_upto
 
     async def _restart_broker(self) -> bool:
         """A new embedded broker on the same port, its topics, the sink reconnected."""
@@ -325,6 +332,7 @@ class Stack(Process):
         the few seconds it takes. With the spool, what is not stored yet is sent to the new
         broker again; without it, the processors drain the old broker first."""
         async with self._recycling:
+            t0 = asyncio.get_running_loop().time()
             services = self.server.app[SERVICES]
             self.blocked = "the pipeline's broker is being recycled; retry shortly"
             self.health.set("broker", "recycling")
@@ -340,7 +348,10 @@ class Stack(Process):
                 if not await self._restart_broker():
                     self._broker_died.set()  # handled as a broker that died
                     return
+                if isinstance(self.sink, SpooledSink):
+                    self._resent_upto = self.sink.spool.last_seq
                 self.blocked = None
+                log.warning("recycled the embedded broker: writers were refused for %.1fs", asyncio.get_running_loop().time() - t0)
                 self._start_processors_later()
             finally:
                 if not self._broker_died.is_set():

@@ -254,12 +254,12 @@ class Dispatcher:
             # Attempts in flight finish (and record their outcome) within the receiver timeout.
             await asyncio.wait(self._tasks, timeout=timeout)
         if self.consumer is not None:
-            await stop_within("the dispatcher's consumer", self.consumer.stop(), 10)
+            await stop_within("the dispatcher's consumer", self.consumer.stop(), min(10.0, timeout))
             self.consumer = None
         if self.session is not None:
             await self.session.close()
             self.session = None
-        await stop_within("the dispatcher's producer", self.producer.stop(), 10)
+        await stop_within("the dispatcher's producer", self.producer.stop(), min(10.0, timeout))
 
     def caught_up(self, ends: dict[tuple[str, int], int]) -> bool:
         return self.progress.caught_up(ends)
