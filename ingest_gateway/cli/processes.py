@@ -4,7 +4,8 @@ all of them in one process: ``stack.py``).
 
 - gateway: topics -> ClickHouse for reads (the write path needs only Kafka: if ClickHouse
   is down at start, reads answer 503 and records are still accepted) -> the HTTP app on
-  its sites. Drain: 503 to new requests, finish those in flight, flush the producer.
+  its sites. Drain: 503 to new requests (the port stays open), finish those in flight,
+  flush the producer, then close the port.
 - worker: topics -> ClickHouse and its migrations -> the stream processors.
 - dispatcher: topics -> ClickHouse and its migrations -> the webhook dispatcher.
 Each stops in the reverse order (``lifecycle``).
@@ -20,7 +21,7 @@ from schemas.kafka import ensure_topics
 from schemas.settings import CommonSettings, GatewaySettings
 from schemas.warehouse import Warehouse, WarehouseError
 
-from ..app import create_app
+from ..app import HEALTH, SERVICES, create_app
 from ..health import Health
 from . import http
 from .lifecycle import Process, Stops
@@ -81,6 +82,12 @@ class Gateway(_Alone):
 
     async def drain(self) -> None:
         if self.server is not None:
+            # The port stays open until the producer is flushed: new writes get 503 + Retry-After.
+            services = self.server.app[SERVICES]
+            services.draining = True
+            self.server.app[HEALTH].set("gateway", "draining")
+            await self.stops.run("finishing requests in flight", services.wait_idle, http.SHUTDOWN_TIMEOUT_S)
+            await self.stops.run("flushing the producer", services.producer.flush, 30.0)
             await self.stops.run("the gateway", self.server.stop, http.STOP_TIMEOUT_S)
 
 
