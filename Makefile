@@ -1,10 +1,10 @@
-# make run | make check | make test | make install | make hostile | make bench  (see README.md)
+# make run | make check | make test | make install | make hostile | make faults | make bench  (see README.md)
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run check test hostile bench clean
+.PHONY: install run check test hostile faults bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,10 @@ test: $(STAMP)
 # The hostile-input suite alone (it is part of `make test` too): a live stack attacked from outside.
 hostile: $(STAMP)
 	$(BIN)/python -m pytest -ra tests/hostile
+
+# The fault suite alone (part of `make test` too): goalstream up under load, its processes killed from outside.
+faults: $(STAMP)
+	$(BIN)/python -m pytest -ra tests/faults
 
 bench: $(STAMP)
 	$(BIN)/python tests/bench/run_bench.py

@@ -98,15 +98,19 @@ class SpooledSink:
 
     # -- the stack's controls --------------------------------------------------------------
 
-    async def pause(self) -> None:
-        """Stop sending (the broker died, or is being replaced); bounded."""
+    async def pause(self, *, broker_gone: bool = False) -> None:
+        """Stop sending (the broker is being replaced, or ``broker_gone``: it died, and what
+        the producer still buffers is failed, not delivered later to the next broker: the
+        spool sends it again, in order); bounded."""
         relay, self._relay = self._relay, None
         if relay is not None:
             relay.cancel()
             await asyncio.gather(relay, return_exceptions=True)
         producer, self.producer = self.producer, None
         if producer is not None:
-            await bounded("the spool's producer", producer.stop, STOP_PRODUCER_S, logger=log)
+            stop = producer.abort if broker_gone else producer.stop
+            if not await bounded("the spool's producer", stop, STOP_PRODUCER_S, logger=log) and not broker_gone:
+                await bounded("aborting the spool's producer", producer.abort, STOP_PRODUCER_S, logger=log)
         self._idle.set()
 
     async def reconnect(self) -> None:

@@ -182,9 +182,27 @@ class RecordProducer:
         self._producer = producer
 
     async def stop(self) -> None:
-        if self._producer is not None:
-            producer, self._producer = self._producer, None
+        producer = self._producer
+        if producer is not None:
             await producer.stop()  # flushes what is buffered
+            # Only now: a stop that overran (a dead broker) can still be ``abort``ed.
+            self._producer = None
+
+    async def abort(self) -> None:
+        """Close at once, failing what is buffered instead of delivering it: for a broker
+        that died. aiokafka's ``stop`` flushes first, and a flush a dead broker never answers
+        leaves its sender running, to deliver the old batches to the next broker that comes
+        up on the port, after (and out of order with) the spool's re-send. So the sender is
+        cancelled first, then the buffered batches failed, then the connections closed
+        (aiokafka has no public abort; these are the steps of its ``stop`` minus the flush)."""
+        producer, self._producer = self._producer, None
+        if producer is None:
+            return
+        producer._closed = True
+        if producer._sender is not None:
+            await producer._sender.close()
+        producer._message_accumulator.fail_all(KafkaUnavailable("the producer was aborted: the broker is gone"))
+        await producer.client.close()
 
     async def flush(self) -> None:
         if self._producer is not None:

@@ -126,11 +126,18 @@ class Processors:
         await self.app.start()
         await self.scorer.start()
 
-    async def stop(self, timeout: float = 30.0) -> None:
+    async def stop(self, timeout: float = 30.0, *, broker_gone: bool = False) -> None:
+        """Stop scoring, then faust, then the producer. ``broker_gone``: nothing can be
+        committed any more, so the agents are cancelled first: a faust app whose stop
+        overruns (its consumer thread dies on a dead broker) then handles nothing more."""
+        if broker_gone:
+            self.app.agents.cancel()
         await self.scorer.stop()
         # Bounded: with the broker gone, faust's final commit could wait forever.
         await stop_within("the processors", self.app.stop(), timeout)
-        await stop_within("the dead-letter producer", self.producer.stop(), min(10.0, timeout))
+        # With the broker gone, what the producer buffers is not delivered later to a new one.
+        stop = self.producer.abort() if broker_gone else self.producer.stop()
+        await stop_within("the processors' producer", stop, min(10.0, timeout))
 
     # -- draining ----------------------------------------------------------------------
 

@@ -88,6 +88,7 @@ class Stack(Process):
         self._watch: asyncio.Task | None = None
         self._starting: asyncio.Task | None = None  # processors starting after a broker restart
         self._resent_upto = 0  # the last seq a broker recycle sent again (see _may_recycle)
+        self._generation = 0  # processors started so far (one per broker, see _start_processors)
         self._seen = None  # the events sink's memory of recent ids, handed to the next processors
 
     @property
@@ -164,7 +165,15 @@ class Stack(Process):
         t0 = loop.time()
         # A resent record is skipped by the events sink's memory of recent ids: keep it
         # across a broker restart, so what the spool sends again is not inserted twice.
-        self.processors = Processors(self.settings, self.warehouse, self.config, models=self.models)
+        settings = self.settings
+        if self._generation and self.settings.embedded_broker:
+            # Each new embedded broker gets a group of its own: a faust consumer of the old one
+            # that outlived its stop (a dead broker leaves faust's stop hanging) rejoins its
+            # old group on the new broker and would hold up this one's rebalance. The broker
+            # starts empty, so a new group loses no committed offset.
+            settings = settings.model_copy(update={"consumer_group": f"{settings.consumer_group}-{self._generation}"})
+        self._generation += 1
+        self.processors = Processors(settings, self.warehouse, self.config, models=self.models)
         if self._seen is not None:
             self.processors.events.seen = self._seen
         self.health.set("processors", "starting")
@@ -193,10 +202,12 @@ class Stack(Process):
             self._seen = processors.events.seen  # the next processors inherit its memory of recent ids
         if self.broker is not None and not self.broker.running:
             # Nothing to commit to a dead broker: stop both at once, briefly.
-            await asyncio.gather(
-                *(run(what, lambda part=part: part.stop(timeout=DEAD_BROKER_PART_S), DEAD_BROKER_STOP_S)
-                  for what, part in (("the dispatcher", dispatcher), ("the processors", processors)) if part is not None)
-            )
+            stops = []
+            if dispatcher is not None:
+                stops.append(run("the dispatcher", lambda: dispatcher.stop(timeout=DEAD_BROKER_PART_S), DEAD_BROKER_STOP_S))
+            if processors is not None:
+                stops.append(run("the processors", lambda: processors.stop(timeout=DEAD_BROKER_PART_S, broker_gone=True), DEAD_BROKER_STOP_S))
+            await asyncio.gather(*stops)
             return
         if dispatcher is not None:
             await run("the dispatcher", dispatcher.stop, DISPATCHER_STOP_S)
@@ -315,8 +326,9 @@ class Stack(Process):
         self.blocked = self.blocked or "the pipeline's broker is restarting; retry shortly"
         self.health.set("broker", "down")
         if isinstance(self.sink, SpooledSink):
-            await self.sink.pause()
-        await self._stop_consumers()
+            await asyncio.gather(self.sink.pause(broker_gone=True), self._stop_consumers())
+        else:
+            await self._stop_consumers()
         self.health.set("broker", "recovering")
         if not await self._restart_broker():
             self.health.set("broker", "down")
@@ -397,6 +409,7 @@ class Stack(Process):
             await asyncio.sleep(0.05)
             await self._tick()
         else:
+            await self._tick()  # /healthz shows the empty backlog until the port closes
             log.info("drained: all %d records accepted are in ClickHouse", self.sink.spool.last_seq)
             return True
         log.error(
