@@ -1,20 +1,31 @@
 """goalstream's ingest benchmark (``make bench``): gateway throughput against a bare aiohttp app,
-and how long an event takes from POST to a row in ClickHouse.
+what the fsynced spool costs against ``--no-spool``, and how long an event takes from POST to a
+row in ClickHouse.
 
 What runs, all on this machine, nothing mocked:
 
 1. Baseline: ``bare_server.py``, a bare aiohttp app in its own process whose one POST
    handler reads the body, parses it with orjson and answers a small JSON 200.
-2. The gateway: ``goalstream up`` (embedded tansu broker, faust processors, chDB) in a
-   temp working dir with a ``goalstream.toml`` naming one workspace, on free ports.
-   (a) single events: POST /api/v1/event with one JSON object, each 200 meaning the broker
-   acknowledged it; (b) batches: POST /api/v1/event with a JSON array of 100 events.
-   After each scenario the bench waits until ClickHouse holds every acknowledged event
-   (reported as the catch-up time), so the next scenario does not compete with a backlog.
-3. Visibility latency: 200 single events POSTed one at a time at 20/s, each with its own
-   customer_id and its client send time (epoch ms) as a property. Afterwards one
-   ``goalstream sql`` query reads each row's ``inserted_at`` (the table's ``DEFAULT
-   now64(3)``, set when the row was inserted, i.e. became visible); latency is
+2. Durability rounds: ``goalstream up`` (embedded tansu broker, faust processors, chDB), each
+   stack in its own temp working dir (so its own fresh data dir) with a ``goalstream.toml``
+   naming one workspace, on free ports; alternately with ``--no-spool`` (a 200 means the
+   in-memory broker acknowledged it) and without (the default: a 200 means the records were
+   fsynced into the write-ahead spool): no-spool, spool, no-spool, spool, ... (``ROUNDS``
+   rounds). The machine is noisy (the same scenario varies by +-20% run to run), so the
+   modes are interleaved and each figure is the median over the rounds. On each stack: (a) single events: POST
+   /api/v1/event with one JSON object; (b) batches: POST /api/v1/event with a JSON array of
+   100 events. After each scenario the bench waits until ClickHouse holds every acknowledged
+   event (reported as the catch-up time), so the next scenario does not compete with a
+   backlog. On spool stacks, ``/healthz`` (``backlog.spool.syncs``) is read before and after
+   each scenario: records (one per event) and requests acknowledged per fsync show the group
+   commit. The stacks run with ``--max-backlog 0``: a batch burst outruns ClickHouse and would
+   otherwise reach the default bound (100000 unstored records) and be answered 503, which
+   measures the bound, not the ingest path. The gateway rows of the main table are the spool
+   (default) stacks' medians.
+3. Visibility latency, on the last spool stack: 200 single events POSTed one at a time at
+   20/s, each with its own customer_id and its client send time (epoch ms) as a property.
+   Afterwards one ``goalstream sql`` query reads each row's ``inserted_at`` (the table's
+   ``DEFAULT now64(3)``, set when the row was inserted, i.e. became visible); latency is
    ``inserted_at - sent``. Same host, same clock; resolution 1 ms.
 
 The load generator is the same for baseline and gateway: a separate process (multiprocessing,
@@ -23,13 +34,15 @@ POSTing back to back for a warm-up and then a measured window. Requests/s counts
 completed inside the window; p50/p99 are over those; every non-200 answer or client error
 (warm-up included) counts as an error and is reported by kind. The load generator shares the
 machine with the server under test (2 cores here), so absolute numbers are lower bounds; the
-ratio to the baseline, measured the same way, is the comparable figure.
+ratios (to the baseline, spool to no-spool), measured the same way, are the comparable figures.
 
-Output: a table on stdout and the same as JSON in bench-results/latest.json.
+Output: a table on stdout and the same as JSON in bench-results/latest.json (the spool
+comparison under "durability").
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import multiprocessing
@@ -38,11 +51,14 @@ import platform
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,6 +78,19 @@ BATCH_SIZE = 100
 LATENCY_EVENTS = 200
 LATENCY_RATE = 20.0  # events/s
 CATCH_UP_TIMEOUT_S = 120.0
+
+# The durability rounds: shorter windows than the baseline's, so that six stacks (each
+# started, loaded twice, caught up and stopped) keep `make bench` within about six minutes;
+# three rounds rather than two longer ones, because the noise is mostly from run to run and
+# a median of three drops one outlier.
+ROUNDS = 3
+MODES = ("no-spool", "spool")  # the order within a round; the last spool stack is reused
+ROUND_WARMUP_S = 2.0
+ROUND_DURATION_S = 5.0
+# 0 = no bound: batch bursts outrun ClickHouse and would otherwise reach the default bound
+# (100000 unstored records) and be answered 503, which measures the bound, not the ingest path.
+MAX_BACKLOG = 0
+HEALTHZ_SETTLE_S = 5.0  # /healthz's backlog is refreshed on the stack's tick (0.2 s)
 
 TOKEN = "tk_bench"
 WORKSPACE = "bench"
@@ -134,6 +163,7 @@ async def _drive(spec: LoadSpec) -> dict:
         "error_kinds": dict(errors),
         "p50_ms": percentile(latencies, 50),
         "p99_ms": percentile(latencies, 99),
+        "duration_s": spec.duration_s,
     }
 
 
@@ -258,7 +288,7 @@ def batch_bodies(n: int = 50) -> list[bytes]:
 
 
 def row(scenario: str, result: dict, events_per_request: int) -> dict:
-    rps = result["ok"] / DURATION_S
+    rps = result["ok"] / result["duration_s"]
     return {
         "scenario": scenario,
         "requests_per_s": rps,
@@ -324,6 +354,132 @@ def visibility(workdir: Path, url: str) -> dict:
     }
 
 
+# -- durability: spool against --no-spool ---------------------------------------------------
+
+
+def start_stack(tmp: Path, name: str, spool: bool, max_backlog: int | None) -> tuple[Server, Path]:
+    """``goalstream up`` in a fresh working dir of its own (so a fresh ./var data dir)."""
+    workdir = tmp / name
+    workdir.mkdir()
+    (workdir / "goalstream.toml").write_text(CONFIG)
+    port, kafka_port = free_port(), free_port()
+    cmd = [str(GOALSTREAM), "up", "--port", str(port), "--kafka-port", str(kafka_port)]
+    if max_backlog is not None:
+        cmd += ["--max-backlog", str(max_backlog)]
+    if not spool:
+        cmd.append("--no-spool")
+    server = Server(name, cmd, workdir, "goalstream ready")
+    try:
+        return server.start(120), workdir
+    except BaseException:  # not ready (or interrupted): the caller never holds it, so stop it here
+        server.stop(60)
+        raise
+
+
+def healthz(base_url: str) -> dict:
+    try:
+        with urllib.request.urlopen(f"{base_url}/healthz", timeout=10) as resp:
+            return json.loads(resp.read())
+    except urllib.error.HTTPError as exc:  # 503 while a component is not up: the body still reports
+        return json.loads(exc.read())
+
+
+def spool_stats(base_url: str) -> dict | None:
+    """``backlog.spool`` of /healthz once its fsync count stopped moving: the stack publishes
+    it on its tick, so right after a burst it may still show the state of a moment ago."""
+    deadline = time.monotonic() + HEALTHZ_SETTLE_S
+    last: dict | None = None
+    while True:
+        stats = healthz(base_url).get("backlog", {}).get("spool")
+        if stats is None or (last is not None and stats["syncs"] == last["syncs"]) or time.monotonic() > deadline:
+            return stats
+        last = stats
+        time.sleep(0.5)
+
+
+def durability_run(stack: Server, workdir: Path, rnd: int, mode: str, warmup_s: float, duration_s: float) -> dict:
+    """On one fresh stack of one mode: single events, catch-up, batches, catch-up."""
+    spool = mode == "spool"
+    print(f"durability round {rnd}, {mode}: goalstream up at {stack.url} (ready in {stack.started_in_s:.1f} s) ...", file=sys.stderr, flush=True)
+    url = f"{stack.url}/api/v1/event"
+    run: dict = {"round": rnd, "mode": mode, "stack_start_s": stack.started_in_s, "catch_up_s": {}}
+    before = spool_stats(stack.url) if spool else None
+    if spool and before is None:
+        raise RuntimeError(f"{stack.name}: /healthz has no backlog.spool, is the spool on? {healthz(stack.url)}")
+    acknowledged = 0
+    for key, bodies, per_request in (("single", single_bodies(), 1), ("batch", batch_bodies(), BATCH_SIZE)):
+        result = run_load(LoadSpec(url, bodies, HEADERS, warmup_s=warmup_s, duration_s=duration_s))
+        r = row(f"{mode} {key}", result, per_request)
+        r["acknowledged_requests"] = result["acknowledged"]  # warm-up included
+        if spool:
+            after = spool_stats(stack.url)
+            # One record per event; every acknowledged request (warm-up included) was fsynced.
+            # ``syncs`` also counts the directory's fsync for each new segment file (a few).
+            fsyncs = after["syncs"] - before["syncs"]
+            r["fsyncs"] = fsyncs
+            r["records"] = result["acknowledged"] * per_request
+            r["records_per_fsync"] = r["records"] / fsyncs if fsyncs else None
+            r["requests_per_fsync"] = result["acknowledged"] / fsyncs if fsyncs else None
+            r["spool_after"] = after
+            before = after
+        acknowledged += result["acknowledged"] * per_request
+        run["catch_up_s"][key] = wait_stored(workdir, acknowledged)
+        run[key] = r
+    return run
+
+
+def summarize(runs: list[dict], mode: str, key: str) -> dict:
+    """Median over the rounds of one mode and scenario; errors summed; group commit over all runs."""
+    rows = [run[key] for run in runs if run["mode"] == mode]
+
+    def median(field: str) -> float | None:
+        values = [r[field] for r in rows if r[field] is not None]
+        return statistics.median(values) if values else None
+
+    kinds: Counter[str] = Counter()
+    for r in rows:
+        kinds.update(r["error_kinds"])
+    out = {
+        "runs": len(rows),
+        "requests_per_s": median("requests_per_s"),
+        "events_per_s": median("events_per_s"),
+        "p50_ms": median("p50_ms"),
+        "p99_ms": median("p99_ms"),
+        "requests_per_s_by_round": [r["requests_per_s"] for r in rows],
+        "errors": sum(r["errors"] for r in rows),
+        "error_kinds": dict(kinds),
+        "catch_up_s": statistics.median(run["catch_up_s"][key] for run in runs if run["mode"] == mode),
+    }
+    if mode == "spool":
+        fsyncs = sum(r["fsyncs"] for r in rows)
+        out["fsyncs"] = fsyncs
+        out["records_per_fsync"] = sum(r["records"] for r in rows) / fsyncs if fsyncs else None
+        out["requests_per_fsync"] = sum(r["acknowledged_requests"] for r in rows) / fsyncs if fsyncs else None
+        out["records_per_fsync_by_round"] = [r["records_per_fsync"] for r in rows]
+    return out
+
+
+def durability_report(runs: list[dict], max_backlog: int | None, warmup_s: float, duration_s: float) -> dict:
+    modes = {mode: {key: summarize(runs, mode, key) for key in ("single", "batch")} for mode in MODES}
+    ratio = {}
+    for key in ("single", "batch"):
+        spool, base = modes["spool"][key], modes["no-spool"][key]
+        ratio[key] = {
+            field: (spool[field] / base[field] if spool[field] is not None and base[field] else None)
+            for field in ("requests_per_s", "events_per_s", "p50_ms", "p99_ms")
+        }
+    return {
+        "rounds": max(run["round"] for run in runs),
+        "order": [run["mode"] for run in runs],
+        "warmup_s": warmup_s,
+        "duration_s": duration_s,
+        "max_backlog": max_backlog,
+        "modes": modes,
+        "ratio_spool_to_no_spool": ratio,
+        "runs": runs,
+    }
+
+
 # -- report -------------------------------------------------------------------------------
 
 
@@ -331,14 +487,78 @@ def fmt(v: float | None, digits: int = 1) -> str:
     return "-" if v is None else f"{v:,.{digits}f}"
 
 
+def ratio(v: float | None) -> str:
+    return "-" if v is None else f"{v:.2f}x"
+
+
+def table(head: tuple[str, ...], rows: list[tuple[str, ...]], left: int = 1) -> list[str]:
+    """Aligned columns: the first ``left`` ones to the left, the rest to the right."""
+    widths = [max(len(x) for x in col) for col in zip(head, *rows)]
+    lines = []
+    for i, cells in enumerate([head, *rows]):
+        lines.append("  ".join(c.ljust(w) if j < left else c.rjust(w) for j, (c, w) in enumerate(zip(cells, widths))))
+        if i == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return lines
+
+
+def render_durability(d: dict) -> list[str]:
+    if d["max_backlog"] is None:
+        bound = "--max-backlog: the stack's default"
+    elif d["max_backlog"] == 0:
+        bound = "--max-backlog 0 (no bound: batch bursts outrun ClickHouse and would get 503 at the default 100000)"
+    else:
+        bound = f"--max-backlog {d['max_backlog']}"
+    lines = [
+        f"Durability: fsynced spool (default) vs --no-spool, a fresh stack each, {d['rounds']} round(s) alternating "
+        f"({', '.join(d['order'])}),",
+        f"  {d['warmup_s']:g} s warm-up + {d['duration_s']:g} s measured per scenario, medians over the rounds;",
+        f"  {bound}",
+        "",
+    ]
+    head = ("mode", "scenario", "requests/s", "events/s", "p50 ms", "p99 ms", "errors", "req/s by round", "records/fsync", "requests/fsync")
+    rows = []
+    for key, label in (("single", "single event"), ("batch", f"batch of {BATCH_SIZE}")):
+        for mode in MODES:
+            m = d["modes"][mode][key]
+            rows.append((
+                mode,
+                label,
+                fmt(m["requests_per_s"], 0),
+                fmt(m["events_per_s"], 0),
+                fmt(m["p50_ms"], 2),
+                fmt(m["p99_ms"], 2),
+                str(m["errors"]),
+                " / ".join(fmt(v, 0) for v in m["requests_per_s_by_round"]),
+                fmt(m.get("records_per_fsync"), 1) if mode == "spool" else "",
+                fmt(m.get("requests_per_fsync"), 1) if mode == "spool" else "",
+            ))
+    lines += table(head, rows, left=2)
+    for key in ("single", "batch"):
+        for mode in MODES:
+            if kinds := d["modes"][mode][key]["error_kinds"]:
+                lines.append(f"  {mode} {key} errors: {kinds}")
+    r = d["ratio_spool_to_no_spool"]
+    lines += [
+        "",
+        "durability cost, spool / no-spool:",
+        f"  single events:    requests/s {ratio(r['single']['requests_per_s'])}   p50 {ratio(r['single']['p50_ms'])}   p99 {ratio(r['single']['p99_ms'])}",
+        f"  batches of {BATCH_SIZE}:   events/s {ratio(r['batch']['events_per_s'])}   p50 {ratio(r['batch']['p50_ms'])}   p99 {ratio(r['batch']['p99_ms'])}",
+        "  (records/fsync, requests/fsync: acknowledged during warm-up + window over /healthz backlog.spool.syncs "
+        "growth, all spool rounds)",
+    ]
+    return lines
+
+
 def render(report: dict) -> str:
     m = report["machine"]
+    load = report["load"]
     base = report["baseline_requests_per_s"]
     lines = [
         f"goalstream ingest benchmark  {report['started']}",
         f"machine: nproc={m['nproc']}, Python {m['python']}, {m['platform']}",
-        f"load: {report['load']['concurrency']} connections, {report['load']['warmup_s']:g} s warm-up + "
-        f"{report['load']['duration_s']:g} s measured, load generator on the same machine",
+        f"load: {load['concurrency']} connections, load generator on the same machine; baseline {load['warmup_s']:g} s warm-up + "
+        f"{load['duration_s']:g} s measured; gateway rows: the spool (default) stacks of the durability rounds, median",
         "",
     ]
     head = ("scenario", "requests/s", "events/s", "p50 ms", "p99 ms", "errors", "req/s vs base", "events/s vs base")
@@ -355,36 +575,65 @@ def render(report: dict) -> str:
         )
         for r in report["scenarios"]
     ]
-    widths = [max(len(x) for x in col) for col in zip(head, *rows)]
-    for i, cells in enumerate([head, *rows]):
-        lines.append("  ".join(c.ljust(w) if j == 0 else c.rjust(w) for j, (c, w) in enumerate(zip(cells, widths))))
-        if i == 0:
-            lines.append("  ".join("-" * w for w in widths))
+    lines += table(head, rows)
     for r in report["scenarios"]:
         if r["error_kinds"]:
             lines.append(f"  {r['scenario']} errors: {r['error_kinds']}")
+    lines += ["", *render_durability(report["durability"])]
     v = report["clickhouse_visibility"]
     lines += [
         "",
-        f"ClickHouse visibility (POST sent -> row inserted), {v['visible']}/{v['events']} single events at {v['rate_per_s']:g}/s:",
+        f"ClickHouse visibility (POST sent -> row inserted), {v['visible']}/{v['events']} single events at {v['rate_per_s']:g}/s "
+        "(last spool stack):",
         f"  p50 {fmt(v['p50_ms'])} ms   p99 {fmt(v['p99_ms'])} ms   max {fmt(v['max_ms'])} ms   errors {v['errors']}"
         + (f" {v['error_kinds']}" if v["error_kinds"] else ""),
-        f"  (broker ack at that rate: p50 {fmt(v['ack_p50_ms'], 2)} ms, p99 {fmt(v['ack_p99_ms'], 2)} ms)",
+        f"  (2xx at that rate: p50 {fmt(v['ack_p50_ms'], 2)} ms, p99 {fmt(v['ack_p99_ms'], 2)} ms)",
         "",
-        "ClickHouse catch-up after each gateway scenario: "
-        + ", ".join(f"{k} {v:.1f} s" for k, v in report["catch_up_s"].items()),
-        f"stack start {report['stack_start_s']:.1f} s; results in {RESULTS.relative_to(ROOT)}",
+        "ClickHouse catch-up after each gateway scenario (median): "
+        + "; ".join(
+            f"{mode} " + ", ".join(f"{key} {report['durability']['modes'][mode][key]['catch_up_s']:.1f} s" for key in ("single", "batch"))
+            for mode in MODES
+        ),
+        "stack starts: " + ", ".join(f"{run['mode']} {run['stack_start_s']:.1f} s" for run in report["durability"]["runs"]),
     ]
+    if report["stack_exits"]:
+        lines.append(f"stacks that did not exit 0 after SIGTERM: {report['stack_exits']}")
+    lines.append(f"wall time {report['wall_s']:.0f} s; results in {RESULTS.relative_to(ROOT)}")
     return "\n".join(lines)
 
 
 # -- main ---------------------------------------------------------------------------------
 
 
-def main() -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description="goalstream's ingest benchmark (make bench)")
+    ap.add_argument("--rounds", type=int, default=ROUNDS, help=f"durability rounds, each one stack per mode (default {ROUNDS})")
+    ap.add_argument("--warmup", type=float, default=ROUND_WARMUP_S, help="durability rounds: warm-up seconds per scenario")
+    ap.add_argument("--duration", type=float, default=ROUND_DURATION_S, help="durability rounds: measured seconds per scenario")
+    ap.add_argument("--max-backlog", type=int, default=MAX_BACKLOG, dest="max_backlog",
+                    help=f"passed to goalstream up in both modes (default {MAX_BACKLOG}: no bound; -1: the stack's own default)")
+    args = ap.parse_args(argv)
+    if args.rounds < 1:
+        ap.error("--rounds must be at least 1")
+    if args.max_backlog < 0:
+        args.max_backlog = None
+    return args
+
+
+def stop_stack(stack: Server, exits: dict[str, int]) -> None:
+    code = stack.stop(180)
+    if code not in (0, None):
+        exits[stack.name] = code
+        print(f"{stack.name} exited with {code}:\n{stack.stderr_tail()}", file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     started = time.strftime("%Y-%m-%d %H:%M:%S")
+    t_start = time.monotonic()
     tmp = Path(tempfile.mkdtemp(prefix="goalstream-bench-"))
     bare = stack = None
+    exits: dict[str, int] = {}
     try:
         bare_port = free_port()
         bare = Server("bare", [sys.executable, str(HERE / "bare_server.py"), str(bare_port)], tmp, "bare ready").start(30)
@@ -392,40 +641,47 @@ def main() -> int:
         baseline = row("baseline (bare aiohttp)", run_load(LoadSpec(f"{bare.url}/api/v1/event", single_bodies(), HEADERS)), 1)
         bare.stop(30)
 
-        workdir = tmp / "stack"
-        workdir.mkdir()
-        (workdir / "goalstream.toml").write_text(CONFIG)
-        port, kafka_port = free_port(), free_port()
-        cmd = [str(GOALSTREAM), "up", "--port", str(port), "--kafka-port", str(kafka_port)]
-        stack = Server("stack", cmd, workdir, "goalstream ready").start(120)
-        url = f"{stack.url}/api/v1/event"
-        print(f"gateway: goalstream up at {stack.url} (ready in {stack.started_in_s:.1f} s) ...", file=sys.stderr, flush=True)
+        # Interleaved, so that the machine's drift and noise fall on both modes alike. The
+        # last stack is a spool (default) one and stays up for the visibility scenario.
+        runs: list[dict] = []
+        workdir: Path | None = None
+        for rnd in range(1, args.rounds + 1):
+            for mode in MODES:
+                stack, workdir = start_stack(tmp, f"{mode}-{rnd}", mode == "spool", args.max_backlog)
+                runs.append(durability_run(stack, workdir, rnd, mode, args.warmup, args.duration))
+                if not (rnd == args.rounds and mode == MODES[-1]):
+                    stop_stack(stack, exits)
+                    stack = None
+        durability = durability_report(runs, args.max_backlog, args.warmup, args.duration)
 
-        catch_up: dict[str, float] = {}
-        acknowledged = 0
-        single = run_load(LoadSpec(url, single_bodies(), HEADERS))
-        acknowledged += single["acknowledged"]
-        catch_up["single"] = wait_stored(workdir, acknowledged)
-        print("gateway: batches ...", file=sys.stderr, flush=True)
-        batch = run_load(LoadSpec(url, batch_bodies(), HEADERS))
-        acknowledged += batch["acknowledged"] * BATCH_SIZE
-        catch_up["batch"] = wait_stored(workdir, acknowledged)
         print("visibility latency ...", file=sys.stderr, flush=True)
-        vis = visibility(workdir, url)
+        assert stack is not None and workdir is not None
+        vis = visibility(workdir, f"{stack.url}/api/v1/event")
+        stop_stack(stack, exits)
+        stack = None
 
+        def gateway_row(scenario: str, m: dict) -> dict:
+            fields = ("requests_per_s", "events_per_s", "p50_ms", "p99_ms", "errors", "error_kinds")
+            return {"scenario": scenario, **{f: m[f] for f in fields}}
+
+        spool = durability["modes"]["spool"]
         report = {
             "started": started,
             "machine": {"nproc": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
-            "load": {"concurrency": CONCURRENCY, "warmup_s": WARMUP_S, "duration_s": DURATION_S, "batch_size": BATCH_SIZE},
+            "load": {"concurrency": CONCURRENCY, "warmup_s": WARMUP_S, "duration_s": DURATION_S, "batch_size": BATCH_SIZE,
+                     "round_warmup_s": args.warmup, "round_duration_s": args.duration},
             "baseline_requests_per_s": baseline["requests_per_s"],
             "scenarios": [
                 baseline,
-                row("gateway single event", single, 1),
-                row(f"gateway batch of {BATCH_SIZE}", batch, BATCH_SIZE),
+                gateway_row("gateway single event", spool["single"]),
+                gateway_row(f"gateway batch of {BATCH_SIZE}", spool["batch"]),
             ],
+            "durability": durability,
             "clickhouse_visibility": vis,
-            "catch_up_s": catch_up,
-            "stack_start_s": stack.started_in_s,
+            "catch_up_s": {key: spool[key]["catch_up_s"] for key in ("single", "batch")},
+            "stack_start_s": runs[-1]["stack_start_s"],
+            "stack_exits": exits,
+            "wall_s": time.monotonic() - t_start,
         }
         base = report["baseline_requests_per_s"]
         for r in report["scenarios"]:
@@ -434,7 +690,12 @@ def main() -> int:
         RESULTS.parent.mkdir(exist_ok=True)
         RESULTS.write_text(json.dumps(report, indent=2) + "\n")
         print(render(report))
-        failed = sum(r["errors"] for r in report["scenarios"]) + vis["errors"]
+        failed = (
+            baseline["errors"]
+            + sum(durability["modes"][mode][key]["errors"] for mode in MODES for key in ("single", "batch"))
+            + vis["errors"]
+            + len(exits)
+        )
         return 1 if failed else 0
     finally:
         for server, timeout in ((bare, 30), (stack, 180)):
