@@ -10,7 +10,9 @@ ordered). Each acknowledged chunk leaves a ``Mark``: the last spool seq it held 
 broker offset per partition. The stack (``cli.ledger``) checks marks against what the
 processors stored and ``release``s the spool up to there; whatever was not released is sent
 again, in order, after a broker restart (``reconnect``) or at the next start (``start``).
-Message ids and ClickHouse's ReplacingMergeTree make that re-send idempotent under FINAL.
+Message ids and ClickHouse's ReplacingMergeTree make that re-send idempotent under FINAL;
+a re-sent record carries the ``goalstream-resent`` header, for the one change that is not
+idempotent (an array item without an id, which the customers sink then appends only once).
 
 The relay never gives up on a record: a broker that does not acknowledge is retried every
 second (the stack's supervisor restarts a dead broker and calls ``reconnect``); one record the
@@ -26,7 +28,7 @@ from collections import deque
 from pathlib import Path
 from typing import Callable, NamedTuple, Sequence
 
-from schemas import model
+from schemas import codec, model
 from schemas.kafka import KafkaUnavailable, RecordProducer, RecordTooLarge, encode_records
 from schemas.model import Record
 from schemas.stopping import bounded
@@ -39,6 +41,7 @@ CHUNK = 5000  # records per send: big enough to amortise, small enough to retry 
 RETRY_S = 1.0
 STOP_PRODUCER_S = 5.0
 DEAD_LETTER_VALUE_BYTES = 1024 * 1024
+RESENT = ((codec.RESENT_HEADER, b"1"),)
 
 
 class Mark(NamedTuple):
@@ -66,6 +69,7 @@ class SpooledSink:
         self._relay: asyncio.Task | None = None
         self.failing: str | None = None  # why the last send failed, while it keeps failing
         self.recovered = 0  # entries found unreleased in the spool at start
+        self.resent_upto = 0  # entries up to this seq are sent again, with RESENT_HEADER
 
     # -- RecordSink ----------------------------------------------------------------------
 
@@ -138,6 +142,7 @@ class SpooledSink:
         rest = [e for e in self.queue if e.seq > last]
         self.queue = deque(entries)
         self.queue.extend(rest)
+        self.resent_upto = max(self.resent_upto, last)  # these may be stored already: say so
         self.marks.clear()
         self.sent_seq = self.spool.released_seq
         self.epoch += 1
@@ -175,8 +180,11 @@ class SpooledSink:
             self.marks.append(Mark(chunk[-1].seq, offsets))
 
     async def _send(self, producer: RecordProducer, chunk: list[Entry]) -> dict[tuple[str, int], int]:
+        resent = self.resent_upto
         try:
-            return await producer.send_encoded([(e.topic, e.key, e.value, e.headers) for e in chunk])
+            return await producer.send_encoded(
+                [(e.topic, e.key, e.value, tuple(e.headers) + RESENT if e.seq <= resent else e.headers) for e in chunk]
+            )
         except RecordTooLarge:
             pass
         # One of them is over the broker's own limit: send one by one, dead-lettering that one.

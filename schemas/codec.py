@@ -19,6 +19,9 @@ import fastavro
 AVRO_DIR = Path(__file__).parent / "avro"
 SCHEMA_HEADER = "goalstream-schema"
 VERSION_HEADER = "goalstream-schema-version"
+# Set on a record the embedded stack's spool sends again (after a crash or a broker restart):
+# it may already be stored, which only matters to a change that is not idempotent.
+RESENT_HEADER = "goalstream-resent"
 _FILE = re.compile(r"^(?P<name>[\w.]+)\.v(?P<version>\d+)\.avsc$")
 
 

@@ -168,6 +168,16 @@ def merge(
     return new_primary, new_secondary
 
 
+def applied(prev: CustomerState | None, record: dict[str, Any]) -> bool:
+    """Whether a record sent again (``goalstream-resent``) is already in ``prev``: it is the
+    record ``prev`` came from, or it was received in an earlier millisecond than ``prev``'s
+    version (versions are at least the receipt time in microseconds, and the spool sends
+    records again in the order they were received)."""
+    if prev is None:
+        return False
+    return record["message_id"] == prev.message_id or model.to_ms(record["received_at"]) * 1000 < prev.version
+
+
 def apply(prev: CustomerState | None, schema: str, record: dict[str, Any]) -> CustomerState | None:
     """Fold one upsert, delete or array change; None means there is nothing to store."""
     if schema == model.CUSTOMER_ARRAYS:

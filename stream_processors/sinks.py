@@ -25,7 +25,7 @@ import hashlib
 from collections import OrderedDict
 from typing import Any, Awaitable, Callable, Iterable, Sequence
 
-from schemas import model
+from schemas import codec, model
 from schemas.warehouse import Warehouse
 
 from . import customers as cust
@@ -50,6 +50,10 @@ def batch_token(stage: str, messages: Sequence[Any], ids: Iterable[str]) -> str:
         h.update(i.encode())
         h.update(b"\0")
     return f"{stage}-{h.hexdigest()}"
+
+
+def _resent(message: Any) -> bool:
+    return any(k == codec.RESENT_HEADER for k, _ in headers_of(message))
 
 
 def _trim(cache: OrderedDict, limit: int) -> None:
@@ -133,6 +137,10 @@ class CustomersSink:
                 if secondary is not None:
                     states[m] = touched[m] = secondary
                 merges.append([r["workspace"], r["customer_id"], r["merged_id"], r["kind"], r["source"], r["message_id"], r["received_at"]])
+                continue
+            if schema == model.CUSTOMER_ARRAYS and _resent(_msg) and cust.applied(states.get(k), r):
+                # Appending an item without an id twice would double it; everything else is
+                # idempotent when the spool sends a suffix of the customer's records again.
                 continue
             new = cust.apply(states.get(k), schema, r)
             if new is not None:

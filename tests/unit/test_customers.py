@@ -93,3 +93,61 @@ def test_alias_links_without_deleting_and_creates_the_primary_if_needed():
     primary, merged = cust.merge(None, anon, merge_rec("user-1", "anon-1", kind="alias"))
     assert primary.customer_id == "user-1" and primary.attributes == {"plan": "free"}
     assert merged is None
+
+
+# -- a record the spool sends again after a crash (goalstream-resent) -------------------
+
+
+def append(items, received, cid="123"):
+    return model.customer_arrays(
+        workspace="acme", customer_id=cid, field="devices", op="upsert", items=items, source="retainly", received_at_ms=received
+    ).value
+
+
+def test_a_resent_record_is_known_as_applied_when_it_is_the_last_or_older_than_the_state():
+    first, second = append([{"name": "phone"}], 1_000), append([{"name": "tablet"}], 2_000)
+    state = cust.apply(cust.apply(None, model.CUSTOMER_ARRAYS, first), model.CUSTOMER_ARRAYS, second)
+    assert cust.applied(state, second) and cust.applied(state, first)
+    later = append([{"name": "watch"}], 3_000)
+    assert not cust.applied(state, later) and not cust.applied(None, first)
+
+
+class _Msg:
+    def __init__(self, offset: int, resent: bool):
+        self.topic, self.partition, self.offset, self.key, self.value = "goalstream.customers", 0, offset, b"", b""
+        self.headers = [("goalstream-resent", b"1")] if resent else []
+
+
+class _Warehouse:
+    """The customers table as the sink reads and writes it: the latest row per customer."""
+
+    def __init__(self) -> None:
+        self.latest: dict[tuple[str, str], dict] = {}
+
+    async def insert(self, table, rows, columns, token=None):
+        if table == "customers":
+            for row in rows:
+                r = dict(zip(columns, row))
+                self.latest[(r["workspace"], r["customer_id"])] = r
+
+    async def rows(self, sql, params=None):
+        return [r for (ws, cid), r in self.latest.items() if ws == params["ws"] and cid in params["ids"]]
+
+
+async def test_the_customers_sink_appends_a_resent_item_without_id_once():
+    from stream_processors.runtime import Item
+    from stream_processors.sinks import CustomersSink
+
+    async def no_scoring(*args):
+        pass
+
+    warehouse = _Warehouse()
+    records = [append([{"name": "phone"}], 1_000), append([{"name": "tablet"}], 2_000)]
+    sink = CustomersSink(warehouse, no_scoring, cache_size=10)
+    await sink.write([Item(_Msg(i, False), model.CUSTOMER_ARRAYS, r) for i, r in enumerate(records)])
+    # A crash; a new worker (empty cache); the spool sends both again, then a new one arrives.
+    sink = CustomersSink(warehouse, no_scoring, cache_size=10)
+    again = [Item(_Msg(10 + i, True), model.CUSTOMER_ARRAYS, r) for i, r in enumerate(records)]
+    await sink.write(again + [Item(_Msg(12, False), model.CUSTOMER_ARRAYS, append([{"name": "watch"}], 3_000))])
+    devices = cust.CustomerState.from_row(warehouse.latest[("acme", "123")]).attributes["devices"]
+    assert devices == [{"name": "phone"}, {"name": "tablet"}, {"name": "watch"}]

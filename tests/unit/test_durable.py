@@ -31,6 +31,7 @@ class FakeProducer:
     def __init__(self, log: list, fail: list | None = None, too_large: bytes | None = None):
         self.log, self.fail, self.too_large = log, fail if fail is not None else [], too_large
         self.acked: dict[tuple[str, int], int] = {}
+        self.headers: list[tuple] = []
         self.started = self.stopped = False
 
     async def start(self) -> None:
@@ -47,6 +48,7 @@ class FakeProducer:
         top = {}
         for topic, key, value, headers in entries:
             self.log.append((topic, key, value))
+            self.headers.append(tuple(headers))
             off = sum(1 for t, _, _ in self.log if t == topic) - 1
             top[(topic, 0)] = off
             self.acked[(topic, 0)] = off
@@ -94,10 +96,16 @@ async def test_what_was_not_released_is_sent_again_after_a_reconnect_and_a_resta
     await sink.flush()
     await sink.spool.release(4)  # the ledger found 1..4 stored
     second: list = []
-    sink.make_producer = lambda: FakeProducer(second)
+    producers: list[FakeProducer] = []
+    sink.make_producer = lambda: producers.append(FakeProducer(second)) or producers[-1]
     await sink.reconnect()
     await sink.flush()
     assert [v for _, _, v in second] == [v for _, _, v in first[4:]]  # 5..10, in order
+    # Sent again, and said so (the customers sink appends an item without id only once).
+    assert all(("goalstream-resent", b"1") in h for h in producers[0].headers)
+    await sink.publish([event(99)])
+    await sink.flush()
+    assert ("goalstream-resent", b"1") not in producers[0].headers[-1]  # a new record is not
     assert not sink.marks or sink.marks[0].seq >= 5
     await sink.stop()
     # A restart on the same directory: the spool hands back what was not released.
@@ -105,7 +113,7 @@ async def test_what_was_not_released_is_sent_again_after_a_reconnect_and_a_resta
     again = SpooledSink(tmp_path / "spool", lambda: FakeProducer(third))
     await again.start()
     await again.flush()
-    assert again.recovered == 6 and [v for _, _, v in third] == [v for _, _, v in first[4:]]
+    assert again.recovered == 7 and [v for _, _, v in third] == [v for _, _, v in first[4:] + second[-1:]]
     await again.stop()
 
 
