@@ -174,7 +174,7 @@ class Spool:
         on_durable: Callable[[list[Entry]], None] | None = None,
         fsync: bool = True,
         segment_bytes: int = 8 * 1024 * 1024,
-        segment_age_s: float = 2.0,
+        segment_age_s: float = 30.0,
         close_timeout_s: float = 10.0,
     ) -> None:
         self._dir = Path(directory)
@@ -556,9 +556,12 @@ class Spool:
         return self._unlink_prefix(n)
 
     def _released_prefix(self, upto: int) -> int:
+        # Never the segment being written: deleting it would make the next append create a
+        # file (a directory fsync, which waits on the filesystem's journal: tens of ms beside
+        # ClickHouse's writes) for every group at low rates. It goes once it has rolled.
         n = 0
         for seg in self._segments:
-            if seg.last > upto:
+            if seg.last > upto or seg is self._cur:
                 break
             n += 1
         return n

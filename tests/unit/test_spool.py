@@ -80,10 +80,11 @@ async def test_seq_monotonic_across_reopen_and_full_release(tmp_path):
     s = Spool(tmp_path)
     assert [e.seq for e in await s.open()] == [1, 2, 3, 4, 5]
     assert [e.seq for e in await s.append([rec(5)])] == [6]
-    assert await s.release(6) == 2  # the recovered segment and the one being written
-    assert segments(tmp_path) == [] and s.stats()["unreleased"] == 0
-    assert [e.seq for e in await s.append([rec(6)])] == [7]  # a new segment after the roll
-    assert await s.release(7) == 1
+    # The recovered segment goes; the one being written stays until it rolls (no new file per group).
+    assert await s.release(6) == 1
+    assert [p.name for p in segments(tmp_path)] == [f"{6:020d}.wal"] and s.stats()["unreleased"] == 0
+    assert [e.seq for e in await s.append([rec(6)])] == [7]  # the same segment
+    assert await s.release(7) == 0
     await s.close()
 
     s = Spool(tmp_path)
