@@ -61,6 +61,8 @@ def free_port() -> int:
 class StackProcess:
     """``goalstream up`` as a user runs it, in a subprocess with its own ports and data dir."""
 
+    popen_options: dict = {}  # e.g. a process group of its own (tests/faults)
+
     def __init__(self, workdir: Path, extra_args: list[str] | None = None, config: str | None = None, env: dict[str, str] | None = None):
         self.workdir = workdir
         self.env = {**os.environ, **(env or {})}
@@ -81,7 +83,8 @@ class StackProcess:
         (self.workdir / "goalstream.toml").write_text(self.config)
         cmd = [str(GOALSTREAM), "up", "--port", str(self.port), "--kafka-port", str(self.kafka_port), *self.extra]
         self.proc = subprocess.Popen(
-            cmd, cwd=self.workdir, stdout=subprocess.PIPE, stderr=open(self.err_path, "ab"), text=True, env=self.env
+            cmd, cwd=self.workdir, stdout=subprocess.PIPE, stderr=open(self.err_path, "ab"), text=True, env=self.env,
+            **self.popen_options,
         )
         ready = threading.Event()
 

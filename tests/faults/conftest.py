@@ -14,7 +14,6 @@ import json
 import os
 import signal
 import subprocess
-import threading
 import time
 from pathlib import Path
 
@@ -73,30 +72,13 @@ def started(pid: int) -> str | None:
 class FaultStack(StackProcess):
     """``goalstream up`` as a process supervisor runs it: the leader of its own process group."""
 
+    # Not pytest's process group (a group kill would take pytest with it): one it leads.
+    popen_options = {"process_group": 0}
+
     def start(self, timeout: float = 90.0) -> "FaultStack":
-        # StackProcess.start, except for process_group=0: the stack must not share pytest's
-        # group (a group kill would take pytest with it) and must lead its own.
         self.brokers_seen: dict[int, str | None] = {}  # every broker pid read -> its start time, for the final kill
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        (self.workdir / "goalstream.toml").write_text(self.config)
-        cmd = [str(GOALSTREAM), "up", "--port", str(self.port), "--kafka-port", str(self.kafka_port), *self.extra]
-        self.proc = subprocess.Popen(
-            cmd, cwd=self.workdir, stdout=subprocess.PIPE, stderr=open(self.err_path, "ab"), text=True, env=self.env,
-            process_group=0,
-        )
-        ready = threading.Event()
-
-        def pump() -> None:
-            for line in self.proc.stdout:
-                self.lines.append(line.rstrip("\n"))
-                if line.startswith("goalstream ready"):
-                    ready.set()
-
-        threading.Thread(target=pump, daemon=True).start()
         self.started_at = time.monotonic()
-        if not ready.wait(timeout):
-            self.kill()
-            raise RuntimeError(f"stack not ready in {timeout}s:\n{self.err_path.read_text()[-3000:]}")
+        super().start(timeout)
         self.ready_at = time.monotonic()
         self.broker_pid()
         return self
