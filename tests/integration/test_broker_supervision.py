@@ -1,16 +1,20 @@
-"""The embedded broker's supervision, driven from outside: a broker that cannot be restarted
-ends the stack with a non-zero status within 10 s, the data dir released (the fault suite in
-tests/faults covers a broker that can be restarted)."""
+"""The embedded stack's stops that cannot end well, driven from outside: a broker that cannot
+be restarted ends the stack with a non-zero status within 10 s, the data dir released; a drain
+that cannot finish in its timeout says so, exits 1 and leaves the rest in the spool for the
+next start (the fault suite in tests/faults covers a broker that can be restarted)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
 import socket
 import time
 
-from tests.conftest import StackProcess
+import aiohttp
+
+from tests.conftest import StackProcess, wait_for
 
 
 def test_a_broker_that_cannot_be_restarted_ends_the_stack_non_zero_within_10s_and_frees_the_data_dir(tmp_path):
@@ -41,3 +45,38 @@ def test_a_broker_that_cannot_be_restarted_ends_the_stack_non_zero_within_10s_an
     finally:
         blocker.close()
         s.kill()
+
+
+def test_a_drain_that_cannot_finish_keeps_the_rest_in_the_spool_says_so_and_exits_1(tmp_path):
+    workdir = tmp_path / "drain"
+    env = {"GOALSTREAM_DRAIN_TIMEOUT_S": "0.5"}
+    s = StackProcess(workdir, env=env).start()
+    acked = 0
+
+    async def burst() -> None:
+        nonlocal acked
+        async with aiohttp.ClientSession(headers={"Authorization": "Token tk_live_123"}) as http:
+            async def one(b: int) -> None:
+                nonlocal acked
+                body = json.dumps([{"customer_id": f"d{b}-{i}", "name": "undrained"} for i in range(500)])
+                async with http.post(f"{s.url}/api/v1/event", data=body) as r:
+                    if r.status == 200:
+                        acked += 500
+
+            await asyncio.gather(*(one(b) for b in range(60)))
+
+    try:
+        asyncio.run(burst())
+        assert acked >= 20_000
+        status = s.terminate(60)
+    finally:
+        s.kill()
+    log = s.err_path.read_text()
+    print(f"\n{acked} acknowledged; SIGTERM with a 0.5 s drain timeout -> exit {status}")
+    assert status == 1
+    assert "accepted records are not stored yet; they stay in the spool" in log
+    again = StackProcess(workdir).start()  # the same data dir: the spool sends the rest
+    try:
+        wait_for(lambda: again.sql("SELECT uniqExact(customer_id) FROM events WHERE name = 'undrained'").strip() == str(acked), timeout=120, interval=1)
+    finally:
+        again.close()
