@@ -54,7 +54,6 @@ def test_a_drain_that_cannot_finish_keeps_the_rest_in_the_spool_says_so_and_exit
     acked = 0
 
     async def burst() -> None:
-        nonlocal acked
         async with aiohttp.ClientSession(headers={"Authorization": "Token tk_live_123"}) as http:
             async def one(b: int) -> None:
                 nonlocal acked
