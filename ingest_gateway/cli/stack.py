@@ -303,7 +303,9 @@ class Stack(Process):
         if isinstance(self.sink, SpooledSink):
             await self.sink.reconnect()  # everything not yet released, in order, then new records
         elif self.sink is not None:
-            await bounded("the gateway's producer", self.sink.stop, DEAD_BROKER_STOP_S, logger=log)
+            # Without a spool: what it still buffers was for the old broker (flushed before a
+            # recycle; lost with a dead one, as documented), never to be delivered late.
+            await bounded("the gateway's producer", self.sink.abort, DEAD_BROKER_STOP_S, logger=log)
             await self.sink.start()
         self._write_run_file()
         return True
