@@ -124,11 +124,6 @@ class SpooledSink:
         self._requeue(await self.spool.read(self.spool.released_seq))
         await self._connect()
 
-    @property
-    def backlog(self) -> int:
-        """Records accepted and not yet released (stored, as far as the ledger knows)."""
-        return self.spool.last_seq - self.spool.released_seq + self.spool.pending
-
     # -- inside ----------------------------------------------------------------------------
 
     def _durable(self, entries: list[Entry]) -> None:
@@ -179,19 +174,20 @@ class SpooledSink:
             self.sent_seq = chunk[-1].seq
             self.marks.append(Mark(chunk[-1].seq, offsets))
 
+    def _wire(self, e: Entry) -> tuple:
+        """What goes to the broker for one entry: a re-sent one says so (RESENT_HEADER)."""
+        return (e.topic, e.key, e.value, tuple(e.headers) + RESENT if e.seq <= self.resent_upto else e.headers)
+
     async def _send(self, producer: RecordProducer, chunk: list[Entry]) -> dict[tuple[str, int], int]:
-        resent = self.resent_upto
         try:
-            return await producer.send_encoded(
-                [(e.topic, e.key, e.value, tuple(e.headers) + RESENT if e.seq <= resent else e.headers) for e in chunk]
-            )
+            return await producer.send_encoded([self._wire(e) for e in chunk])
         except RecordTooLarge:
             pass
         # One of them is over the broker's own limit: send one by one, dead-lettering that one.
         offsets: dict[tuple[str, int], int] = {}
         for e in chunk:
             try:
-                got = await producer.send_encoded([(e.topic, e.key, e.value, e.headers)])
+                got = await producer.send_encoded([self._wire(e)])
             except RecordTooLarge as exc:
                 log.error("the broker refused spooled record %d as too large; dead-lettering it", e.seq)
                 letter = model.dead_letter(
@@ -199,8 +195,7 @@ class SpooledSink:
                     stage="gateway:spool", key=e.key, value=e.value[:DEAD_LETTER_VALUE_BYTES],
                     headers={**dict(e.headers), "truncated": str(len(e.value)).encode()},
                 )
-                await producer.publish([letter])
-                got = {tp: off for tp, off in producer.acked.items() if tp[0] == letter.topic}
+                got = await producer.publish([letter])
             for tp, off in got.items():
                 offsets[tp] = max(off, offsets.get(tp, -1))
         return offsets

@@ -568,12 +568,7 @@ class Spool:
 
     def _unlink_prefix(self, n: int) -> int:
         deleted = 0
-        for seg in self._segments[:n]:
-            if seg is self._cur:
-                # Roll: the next append starts a new segment.
-                os.close(self._fd)
-                self._fd = None
-                self._cur = None
+        for seg in self._segments[:n]:  # never the segment being written (_released_prefix)
             try:
                 os.unlink(seg.path)
             except FileNotFoundError:

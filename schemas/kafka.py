@@ -208,24 +208,14 @@ class RecordProducer:
         if self._producer is not None:
             await self._producer.flush()
 
-    async def publish(self, records: Sequence[Record]) -> None:
-        """Send every record and wait for the broker's acknowledgement of all of them.
+    async def publish(self, records: Sequence[Record]) -> dict[tuple[str, int], int]:
+        """Send every record and wait for the broker's acknowledgement of all of them;
+        returns the highest acknowledged offset per (topic, partition).
 
         Every record is encoded and its size checked before the first is sent, so a record
         too large for Kafka (``RecordTooLarge``, permanent) refuses the call whole."""
         encoded = encode_records(records)
-        if self._producer is None:
-            raise KafkaUnavailable("producer is not running")
-        try:
-            futures = []
-            for r, value, headers in encoded:
-                futures.append(await self._producer.send(r.topic, value, key=r.key, headers=list(headers)))
-            self._note(await asyncio.wait_for(asyncio.gather(*futures), self.timeout_s))
-        except MessageSizeTooLargeError as exc:
-            # The broker's own limit (message.max.bytes) is lower than ours: as permanent.
-            raise RecordTooLarge(f"the broker refused a record as too large: {exc!r}") from exc
-        except (KafkaError, asyncio.TimeoutError) as exc:
-            raise KafkaUnavailable(f"broker did not acknowledge: {exc!r}") from exc
+        return await self.send_encoded([(r.topic, r.key, value, headers) for r, value, headers in encoded])
 
     async def send_encoded(self, entries: Sequence[tuple[str, bytes | None, bytes, Sequence[tuple[str, bytes]]]]) -> dict[tuple[str, int], int]:
         """Send already-encoded (topic, key, value, headers) in order and wait for every
@@ -237,6 +227,7 @@ class RecordProducer:
             futures = [await send(topic, value, key=key, headers=list(headers)) for topic, key, value, headers in entries]
             return self._note(await asyncio.wait_for(asyncio.gather(*futures), self.timeout_s))
         except MessageSizeTooLargeError as exc:
+            # The broker's own limit (message.max.bytes) is lower than ours: as permanent.
             raise RecordTooLarge(f"the broker refused a record as too large: {exc!r}") from exc
         except (KafkaError, asyncio.TimeoutError) as exc:
             raise KafkaUnavailable(f"broker did not acknowledge: {exc!r}") from exc

@@ -55,7 +55,7 @@ class FakeProducer:
         return top
 
     async def publish(self, records):
-        await self.send_encoded([(r.topic, r.key, b"dead-letter", ()) for r in records])
+        return await self.send_encoded([(r.topic, r.key, b"dead-letter", ()) for r in records])
 
 
 SEGMENT_AUTH = {"Authorization": "Basic " + base64.b64encode(b"wk_1:").decode()}
