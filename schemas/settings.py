@@ -93,7 +93,14 @@ class GatewaySettings(CommonSettings):
 class WorkerSettings(CommonSettings):
     consumer_group: str = Field(default="goalstream-processors", validation_alias=_env("consumer_group", "GOALSTREAM_CONSUMER_GROUP"))
     batch_max: int = Field(default=5000, ge=1, validation_alias=_env("batch_max", "GOALSTREAM_BATCH_MAX"))
-    batch_within_s: float = Field(default=0.2, gt=0, validation_alias=_env("batch_within_s", "GOALSTREAM_BATCH_WITHIN_S"))
+    # A batch is what arrives within this window after its first message (or batch_max):
+    # with the fetch wait, the floor of POST -> row visible at a trickle.
+    batch_within_s: float = Field(default=0.05, gt=0, validation_alias=_env("batch_within_s", "GOALSTREAM_BATCH_WITHIN_S"))
+    # How long a fetch waits on the broker for more data (faust's own stream waits 1.5 s).
+    fetch_wait_ms: int = Field(default=20, ge=1, le=5000, validation_alias=_env("fetch_wait_ms", "GOALSTREAM_FETCH_WAIT_MS"))
+    # The scoring stage rescores what was stored at most this often, coalescing the customers
+    # touched meanwhile (a longer interval scores each busy customer fewer times).
+    score_interval_s: float = Field(default=0.1, gt=0, le=60, validation_alias=_env("score_interval_s", "GOALSTREAM_SCORE_INTERVAL_S"))
     # Short rebalance/session timeouts make a worker join its group in ~2 s instead of ~40 s
     # (the join waits for the rebalance timeout); production may raise them.
     rebalance_timeout_s: float = Field(default=3.0, gt=0, validation_alias=_env("rebalance_timeout_s", "GOALSTREAM_REBALANCE_TIMEOUT_S"))

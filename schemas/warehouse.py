@@ -86,6 +86,9 @@ class Warehouse:
         self._admin_local = threading.local()
         self._admin_clients: list[Any] = []
         self._admin_lock = threading.Lock()
+        # Column types per (table, columns), read once: clickhouse-connect would otherwise run
+        # a DESCRIBE before every insert (migrations run before the first insert).
+        self._column_types: dict[tuple[str, tuple[str, ...]], list[str]] = {}
 
     async def _run(self, fn, *args, **kwargs):
         loop = asyncio.get_running_loop()
@@ -155,12 +158,31 @@ class Warehouse:
         return await self._run(self._client.raw_query, sql, parameters=parameters, fmt=fmt, settings=settings)
 
     async def insert(
-        self, table: str, rows: Sequence[Sequence[Any]], columns: Sequence[str], dedup_token: str | None = None
+        self, table: str, rows: Sequence[Sequence[Any]], columns: Sequence[str], dedup_token: str | None = None,
+        *, column_oriented: bool = False,
     ) -> None:
-        if not rows:
+        """Insert ``rows`` (or, ``column_oriented``, one sequence per column: what the hot
+        sinks build, saving the transposition) in one block; ``dedup_token`` makes a repeat
+        of the same insert a no-op."""
+        if not rows or (column_oriented and not rows[0]):
             return
         settings = {"insert_deduplication_token": dedup_token} if dedup_token else None
-        await self._run(self._client.insert, table, rows, column_names=list(columns), settings=settings)
+        await self._run(self._insert, table, rows, tuple(columns), settings, column_oriented)
+
+    async def insert_avro(self, table: str, container: bytes, columns: Sequence[str], dedup_token: str | None = None) -> None:
+        """Insert an Avro object container (``codec.container``): ClickHouse decodes it, with
+        the writer's schema in its header, into ``columns`` (the record's fields, by name)."""
+        settings = {"insert_deduplication_token": dedup_token} if dedup_token else None
+        await self._run(self._client.raw_insert, table, list(columns), container, settings=settings, fmt="Avro")
+
+    def _insert(self, table: str, data: Sequence[Sequence[Any]], columns: tuple[str, ...], settings: Any, column_oriented: bool) -> None:
+        types = self._column_types.get((table, columns))
+        if types is None:
+            described = {r[0]: r[1] for r in self._client.query(f"DESCRIBE TABLE {table}").result_rows}
+            types = self._column_types[(table, columns)] = [described[c] for c in columns]
+        self._client.insert(
+            table, data, column_names=list(columns), column_type_names=types, settings=settings, column_oriented=column_oriented
+        )
 
     async def ping(self) -> bool:
         try:

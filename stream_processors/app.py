@@ -1,47 +1,105 @@
-"""The stream processors: three faust agents, each a batch runtime in front of one sink.
+"""The stream processors: the faust worker hosting three bulk sinks and the scoring stage.
 
-Flow: ``goalstream.events`` (agent ``goalstream.events-sink``) -> ``sinks.EventsSink`` ->
-ClickHouse ``events``; ``goalstream.customers`` (``goalstream.customers-sink``) ->
-``sinks.CustomersSink`` -> ``customers`` and ``customer_merges``; ``goalstream.deadletter``
-(``goalstream.deadletters-sink``) -> ``sinks.DeadLettersSink`` -> ``deadletters``. After
-the events or customers sink stored a batch, the scoring processor (``scoring.processor.
-Scorer``) rescores the customers it touched, in every goal of their workspace, and
-publishes propensity changes and recommended actions.
+Flow: ``goalstream.events`` -> ``sinks.EventsSink`` -> ClickHouse ``events``;
+``goalstream.customers`` -> ``sinks.CustomersSink`` -> ``customers`` and ``customer_merges``;
+``goalstream.deadletter`` -> ``sinks.DeadLettersSink`` -> ``deadletters``. Each bulk sink is a
+``SinkService``: its own aiokafka batch consumer (``source.KafkaBatches``: ``getmany`` with a
+fetch wait of tens of ms, paying per batch, not per message) -> ``runtime.BatchRuntime``
+(decode with the writer's schema, dead-letter, retry/isolate, progress) -> commit, in that order.
+Apart from them, ``scoring.stage.ScoringStage`` reads the same two topics in a consumer group
+of its own, waits until the sinks have stored what it read, coalesces the customers it touched
+across batches and rescores them (``scoring.processor.Scorer``): scoring never delays an insert.
 
-This module only wires: the faust app and its agents (batches from ``take_events``, which
-acknowledges a batch only once the runtime asks for the next), the one producer (dead
-letters, propensity changes and recommended actions), the sinks and their runtimes
-(``runtime.BatchRuntime``: decode, dead-letter, retry/isolate, progress, commit after
-store), and the lifecycle. The customer cache is dropped whenever partitions are revoked.
+This module only wires: the faust app (faust keeps the worker's lifecycle; its own per-message
+consumer is not started: ``_Boot``), the services hosted in it, the one producer (dead letters,
+propensity changes and recommended actions), the sinks and their runtimes. Consumer groups:
+``<group>`` for the events sink (GOALSTREAM_CONSUMER_GROUP), ``<group>.customers``,
+``<group>.deadletter`` and ``<group>.scoring``. The customer cache is dropped whenever the
+customers sink's partitions are revoked.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from typing import Any, AsyncIterator, Sequence
+from typing import Any
 
 import faust
+from mode import Service
 
 from schemas import model, topics
 from schemas.config import GoalstreamConfig
 from schemas.kafka import RecordProducer
 from schemas.settings import WorkerSettings
+from schemas.stopping import bounded
 from schemas.warehouse import Warehouse
 
 from .runtime import BatchRuntime, DeadLetterTopic, Progress
 from .scoring.processor import Scorer
+from .scoring.stage import ScoringStage
 from .sinks import CustomersSink, DeadLettersSink, EventsSink
+from .source import KafkaBatches, offsets_of
 from .stopping import stop_within
 
 log = logging.getLogger("goalstream.processors")
 
 CUSTOMER_SCHEMAS = {model.CUSTOMER_UPSERT, model.CUSTOMER_DELETE, model.CUSTOMER_ARRAYS, model.CUSTOMER_MERGE}
+CRASH_PAUSE_S = 1.0  # after a bug in a sink loop, before it reads again from the last commit
+TASK_STOP_S = 5.0
 
 
-async def _messages(events: AsyncIterator[Sequence[Any]]) -> AsyncIterator[list[Any]]:
-    # faust events -> their Kafka messages; resuming ``events`` is what acks the last batch.
-    async for batch in events:
-        yield [e.message for e in batch]
+class _Boot(faust.App.BootStrategy):
+    """The faust worker without faust's own consumer (and its conductor and tables) and its
+    producer: the sinks consume through ``KafkaBatches`` and produce through ``RecordProducer``."""
+
+    enable_kafka_consumer = False
+    enable_kafka_producer = False
+    enable_web = False
+
+
+class _App(faust.App):
+    BootStrategy = _Boot
+
+
+class SinkService(Service):
+    """One bulk sink hosted in the faust worker: batches from its source through its runtime,
+    each committed only after the runtime handled it (rows stored, dead letters acknowledged)."""
+
+    def __init__(self, source: KafkaBatches, runtime: BatchRuntime, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.source = source
+        self.runtime = runtime
+        self._task: asyncio.Task | None = None
+
+    @property
+    def label(self) -> str:
+        return f"{type(self).__name__}: {self.runtime.stage}"
+
+    async def on_start(self) -> None:
+        await self.source.start()
+        self._task = asyncio.create_task(self._consume(), name=f"goalstream-{self.runtime.stage}")
+
+    async def _consume(self) -> None:
+        while True:
+            try:
+                async for batch in self.source:
+                    await self.runtime.process(batch)
+                    await self.source.commit(offsets_of(batch))
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                # A bug, not an outage (the runtime waits those out): what was read and not
+                # committed is read again, so nothing is skipped.
+                log.exception("%s: the sink loop failed; reading again from the last commit", self.runtime.stage)
+                await asyncio.sleep(CRASH_PAUSE_S)
+                await self.source.consumer.seek_to_committed()
+
+    async def on_stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            await bounded(f"the {self.runtime.stage} loop", asyncio.gather(task, return_exceptions=True), TASK_STOP_S, logger=log)
+        await self.source.stop()
 
 
 class Processors:
@@ -53,70 +111,71 @@ class Processors:
         # Dead letters, propensity changes and recommended actions all go out through this one.
         # Not idempotent: what it sends carries deterministic ids, so a retry duplicate is recognisable.
         self.producer = RecordProducer(settings.kafka_bootstrap, idempotence=False)
-        self.scorer = Scorer(settings, config, warehouse, self.producer, is_leader=self._owns_partition_zero, models=models)
-        self.events = EventsSink(warehouse, self.scorer.score_with_retry, dedup_window=settings.dedup_window)
-        self.customers = CustomersSink(warehouse, self.scorer.score_with_retry, cache_size=settings.customer_cache_size)
+        self.events = EventsSink(warehouse, dedup_window=settings.dedup_window)
+        self.customers = CustomersSink(warehouse, cache_size=settings.customer_cache_size)
         self.deadletters = DeadLettersSink(warehouse)
+        self.scorer = Scorer(settings, config, warehouse, self.producer, is_leader=self._owns_partition_zero, models=models)
         letters = DeadLetterTopic(self.producer)
         shared = {"is_up": warehouse.ping, "progress": self.progress}
-        # (topic, agent name, runtime): the stage names are the dead letters' ``stage``.
-        self.agents = (
-            (topics.EVENTS, "goalstream.events-sink",
-             BatchRuntime("events-sink", {model.EVENT}, self.events, letters=letters, **shared)),
-            (topics.CUSTOMERS, "goalstream.customers-sink",
+        s = self.settings
+        # (topic, consumer group, runtime): the stage names are the dead letters' ``stage``.
+        wiring = (
+            (topics.EVENTS, s.consumer_group,
+             BatchRuntime("events-sink", {model.EVENT}, self.events, letters=letters, logical=False, **shared)),
+            (topics.CUSTOMERS, f"{s.consumer_group}.customers",
              BatchRuntime("customers-sink", CUSTOMER_SCHEMAS, self.customers, letters=letters, **shared)),
-            (topics.DEADLETTER, "goalstream.deadletters-sink",
+            (topics.DEADLETTER, f"{s.consumer_group}.deadletter",
              BatchRuntime("deadletters-sink", {model.DEAD_LETTER}, self.deadletters, letters=None,
                           rescue=self.deadletters.rescue, **shared)),
         )
+        self.sources = {
+            topic: self._source(
+                group, [topic],
+                # Another worker may now own some customers: our cached view of them may go stale.
+                on_revoked=self.customers.clear if topic == topics.CUSTOMERS else None,
+            )
+            for topic, group, _ in wiring
+        }
+        self.services = [SinkService(self.sources[topic], runtime) for topic, _, runtime in wiring]
+        # Scoring only where some workspace has a goal: otherwise nothing would ever be scored.
+        self.stage: ScoringStage | None = None
+        if config.goals:
+            self.stage = ScoringStage(
+                self._source(f"{s.consumer_group}.scoring", [topics.EVENTS, topics.CUSTOMERS]),
+                self.scorer, stored=self.progress, owned=self._owned, interval_s=s.score_interval_s,
+                bootstrap=s.kafka_bootstrap, sink_groups={topics.EVENTS: s.consumer_group, topics.CUSTOMERS: f"{s.consumer_group}.customers"},
+            )
         self.app = self._make_app()
+
+    def _source(self, group: str, names: list[str], **kwargs: Any) -> KafkaBatches:
+        s = self.settings
+        return KafkaBatches(
+            s.kafka_bootstrap, group, names, max_records=s.batch_max, fetch_wait_ms=s.fetch_wait_ms, window_s=s.batch_within_s,
+            session_timeout_s=s.session_timeout_s, rebalance_timeout_s=s.rebalance_timeout_s, **kwargs,
+        )
 
     # -- faust wiring ------------------------------------------------------------------
 
     def _make_app(self) -> faust.App:
         s = self.settings
-        app = faust.App(
+        return _App(
             s.consumer_group,
             broker=[f"kafka://{h.strip()}" for h in s.kafka_bootstrap.split(",")],
             datadir=str(s.data_dir / "faust"),
             web_enabled=False,
             topic_disable_leader=True,
             topic_allow_declare=False,
-            consumer_auto_offset_reset="earliest",
-            stream_wait_empty=False,
-            stream_buffer_maxsize=max(4096, s.batch_max * 2),
-            broker_rebalance_timeout=s.rebalance_timeout_s,
-            broker_session_timeout=s.session_timeout_s,
-            broker_heartbeat_interval=min(1.0, s.session_timeout_s / 4),
-            broker_commit_interval=1.0,
         )
-        for topic, name, runtime in self.agents:
-            channel = app.topic(topic, value_serializer="raw", key_serializer="raw")
-            app.agent(channel, name=name)(self._agent(runtime))
 
-        @app.on_partitions_revoked.connect
-        async def _revoked(sender: Any, revoked: Any, **kwargs: Any) -> None:
-            # Another worker may now own some customers: our cached view of them may go stale.
-            self.customers.clear()
-
-        return app
-
-    def _agent(self, runtime: BatchRuntime):
-        s = self.settings
-
-        async def agent(stream: Any) -> None:
-            await runtime.run(_messages(stream.take_events(s.batch_max, within=s.batch_within_s)))
-
-        return agent
+    def _owned(self, topic: str, partition: int) -> bool:
+        """Whether this worker's sink for ``topic`` holds ``partition`` now."""
+        source = self.sources.get(topic)
+        return source is not None and any(tp.partition == partition for tp in source.assignment() if tp.topic == topic)
 
     def _owns_partition_zero(self) -> bool:
         """One worker of the group does the group-wide jobs (rescoring after a model change,
         scheduled retraining): the one that holds partition 0 of the events topic."""
-        try:
-            assigned = self.app.consumer.assignment()
-        except Exception:  # not started, or between rebalances
-            return False
-        return any(tp.topic == topics.EVENTS and tp.partition == 0 for tp in assigned)
+        return any(tp.topic == topics.EVENTS and tp.partition == 0 for tp in self.sources[topics.EVENTS].assignment())
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -124,16 +183,17 @@ class Processors:
         (self.settings.data_dir / "faust").mkdir(parents=True, exist_ok=True)
         await self.producer.start()
         await self.app.start()
+        # Hosted in the faust worker: started now, stopped with it. The consumers join their
+        # groups concurrently (each join waits up to the rebalance timeout).
+        hosted = [*self.services, *([self.stage] if self.stage is not None else [])]
+        await asyncio.gather(*(self.app.add_runtime_dependency(svc) for svc in hosted))
         await self.scorer.start()
 
     async def stop(self, timeout: float = 30.0, *, broker_gone: bool = False) -> None:
-        """Stop scoring, then faust, then the producer. ``broker_gone``: nothing can be
-        committed any more, so the agents are cancelled first: a faust app whose stop
-        overruns (its consumer thread dies on a dead broker) then handles nothing more."""
-        if broker_gone:
-            self.app.agents.cancel()
+        """Stop scoring, then the faust worker with the services it hosts (each cancels its
+        loop first, so nothing more is handled, then leaves its group), then the producer."""
         await self.scorer.stop()
-        # Bounded: with the broker gone, faust's final commit could wait forever.
+        # Bounded: with the broker gone, a consumer leaving its group could wait forever.
         await stop_within("the processors", self.app.stop(), timeout)
         # With the broker gone, what the producer buffers is not delivered later to a new one.
         stop = self.producer.abort() if broker_gone else self.producer.stop()

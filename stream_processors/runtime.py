@@ -62,6 +62,15 @@ class Sink(Protocol):
     async def write(self, batch: Sequence[Item]) -> None: ...
 
 
+class RawSink(Sink, Protocol):
+    """A Sink that can also store messages as they came from Kafka, undecoded (the events
+    sink: ClickHouse decodes the Avro itself). ``write_raw`` gets messages whose headers name
+    one of the runtime's schemas; it stores them all or raises, and any error sends the batch
+    down the decoding path (``write``), which dead-letters what does not decode."""
+
+    async def write_raw(self, batch: Sequence[tuple[Any, codec.Schema]]) -> None: ...
+
+
 class ListSink:
     """A Sink that keeps what it is given, for tests; ``fail`` raises instead, while set."""
 
@@ -155,6 +164,7 @@ class BatchRuntime:
         rescue: Callable[[Any, str], Item] | None = None,
         backoff: Backoff = STANDARD,
         record_backoff: Backoff = RECORD_BACKOFF,
+        logical: bool = True,
     ):
         if letters is None and rescue is None:
             raise ValueError("a runtime without dead letters needs a rescue")
@@ -167,6 +177,9 @@ class BatchRuntime:
         self.rescue = rescue
         self.backoff = backoff
         self.record_backoff = record_backoff
+        self.logical = logical  # False: the sink takes timestamps as int ms (cheaper to decode)
+        # The undecoded first try, for a sink that takes raw messages (not at the end of the line).
+        self.raw = getattr(sink, "write_raw", None) if letters is not None else None
 
     async def run(self, batches: AsyncIterable[Sequence[Any]]) -> None:
         async for batch in batches:
@@ -185,8 +198,11 @@ class BatchRuntime:
            the next one (faust's ``take_events`` acks on resume, and faust commits acked
            offsets), so nothing is committed that a sink did not store.
         """
+        todo: Sequence[Any] = batch
+        if self.raw is not None:
+            todo = await self._try_raw(batch)
         items: list[Item] = []
-        for message in batch:
+        for message in todo:
             try:
                 items.append(self._decode(message))
             except BadRecord as exc:
@@ -199,11 +215,45 @@ class BatchRuntime:
             await self._store(items)
         self.progress.advance(batch)
 
+    async def _try_raw(self, batch: Sequence[Any]) -> Sequence[Any]:
+        """Step 2 without decoding, tried once: what is left to decode (nothing, if it worked).
+
+        Messages whose headers are wrong for this topic are dead-lettered first, as in step 1.
+        Any error (a record ClickHouse cannot read, ClickHouse away) sends the rest down the
+        decoding path, which dead-letters what does not decode and retries the rest; the two
+        paths use the same deduplication token, so a raw insert that did land is not doubled."""
+        assert self.letters is not None and self.raw is not None
+        wanted: list[tuple[Any, codec.Schema]] = []
+        for message in batch:
+            try:
+                wanted.append((message, self._schema(message)))
+            except BadRecord as exc:
+                await self.letters.publish(message, exc.message, self.stage)
+        if not wanted:
+            return ()
+        try:
+            await self.raw(wanted)
+            return ()
+        except errors.KNOWN as exc:
+            log.info("%s: a raw batch of %d was not stored (%s); decoding it", self.stage, len(wanted), exc)
+            return [m for m, _ in wanted]
+
+    def _schema(self, message: Any) -> codec.Schema:
+        if message.value is None:
+            raise BadRecord("message has no value")
+        try:
+            schema = codec.schema_of(headers_of(message))
+        except codec.SchemaError as exc:
+            raise BadRecord(str(exc)) from None
+        if schema.name not in self.expected:
+            raise BadRecord(f"{schema.name} does not belong on {message.topic}")
+        return schema
+
     def _decode(self, message: Any) -> Item:
         if message.value is None:
             raise BadRecord("message has no value")
         try:
-            schema, record = codec.decode(message.value, headers_of(message))
+            schema, record = codec.decode(message.value, headers_of(message), logical=self.logical)
         except codec.SchemaError as exc:
             raise BadRecord(str(exc)) from None
         if schema not in self.expected:

@@ -127,8 +127,13 @@ async def load_states(
         f"SELECT who, name, {', '.join(cols)} FROM ("
         "  SELECT if(customer_id = '', anonymous_id, customer_id) AS who, name, toUnixTimestamp64Milli(timestamp) AS t,"
         "         transform(who, {mids:Array(String)}, {entries:Array(Int64)}, toInt64(0)) AS e"
-        "  FROM events FINAL WHERE workspace = {ws:String}"
-        "    AND (customer_id IN {mids:Array(String)} OR (customer_id = '' AND anonymous_id IN {mids:Array(String)}))"
+        "  FROM events FINAL WHERE workspace = {ws:String} AND customer_id IN {mids:Array(String)}"
+        # Apart, not OR-ed: each half then reads only its customers' granules (the sort key
+        # starts with workspace, customer_id; anonymous events are the customer_id = '' range).
+        "  UNION ALL"
+        "  SELECT anonymous_id AS who, name, toUnixTimestamp64Milli(timestamp) AS t,"
+        "         transform(who, {mids:Array(String)}, {entries:Array(Int64)}, toInt64(0)) AS e"
+        "  FROM events FINAL WHERE workspace = {ws:String} AND customer_id = '' AND anonymous_id IN {mids:Array(String)}"
         ") GROUP BY who, name",
         {"ws": workspace, "mids": mids, "entries": [entered[members[m]] for m in mids]},
     )

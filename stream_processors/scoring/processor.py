@@ -44,7 +44,7 @@ log = logging.getLogger("goalstream.scoring")
 
 PROPENSITY_CHANGE = "goalstream.GoalPropensityChange"
 RECOMMENDED_ACTIONS = "goalstream.RecommendedNextActions"
-CHUNK = 2000
+CHUNK = 10000  # customers per scoring query: each reads their events once
 SCORE_COLUMNS = (
     "workspace", "goal", "customer_id", "scored_at", "likelihood", "previous_likelihood", "published",
     "status", "model_version", "model_kind", "trigger", "drivers", "message_id",

@@ -143,10 +143,10 @@ async def test_the_customers_sink_appends_a_resent_item_without_id_once():
 
     warehouse = _Warehouse()
     records = [append([{"name": "phone"}], 1_000), append([{"name": "tablet"}], 2_000)]
-    sink = CustomersSink(warehouse, no_scoring, cache_size=10)
+    sink = CustomersSink(warehouse, cache_size=10)
     await sink.write([Item(_Msg(i, False), model.CUSTOMER_ARRAYS, r) for i, r in enumerate(records)])
     # A crash; a new worker (empty cache); the spool sends both again, then a new one arrives.
-    sink = CustomersSink(warehouse, no_scoring, cache_size=10)
+    sink = CustomersSink(warehouse, cache_size=10)
     again = [Item(_Msg(10 + i, True), model.CUSTOMER_ARRAYS, r) for i, r in enumerate(records)]
     await sink.write(again + [Item(_Msg(12, False), model.CUSTOMER_ARRAYS, append([{"name": "watch"}], 3_000))])
     devices = cust.CustomerState.from_row(warehouse.latest[("acme", "123")]).attributes["devices"]

@@ -240,9 +240,21 @@ class Warehouse:
         self.log: list[str] = []
         self._rows = rows or []
 
-    async def insert(self, table, rows, columns, token=None):
+    async def insert(self, table, rows, columns, token=None, *, column_oriented=False):
+        if column_oriented:
+            rows = [list(r) for r in zip(*rows)]
         self.inserts.append((table, rows, tuple(columns), token))
         self.log.append(f"insert {table}")
+
+    async def insert_avro(self, table, container, columns, token=None):
+        import fastavro, io
+
+        def ms(v):  # fastavro reads timestamp-millis back as datetimes; the sink's own rows hold int ms
+            return round(v.timestamp() * 1000) if hasattr(v, "timestamp") else v
+
+        records = fastavro.reader(io.BytesIO(container))
+        self.inserts.append((table, [[ms(r[c]) for c in columns] for r in records], tuple(columns), token))
+        self.log.append(f"insert {table} avro")
 
     async def rows(self, sql, params=None):
         return self._rows
@@ -253,36 +265,35 @@ def test_batch_token_is_unchanged():
     assert batch_token("events", msgs, ["a", "b"]) == "events-4b9085aa79cc15d591b43e13bf172141"
 
 
-async def test_events_sink_skips_resent_ids_stores_with_the_batch_token_and_scores_after_storing():
+async def test_events_sink_skips_resent_ids_and_stores_with_the_batch_token():
     wh = Warehouse()
-    scored = []
-
-    async def score(touched, trigger, token):
-        wh.log.append("score")
-        scored.append((touched, trigger, token))
-
-    sink = EventsSink(wh, score, dedup_window=10)
+    sink = EventsSink(wh, dedup_window=10)
     batch = [Item(m, model.EVENT, codec.decode(m.value, m.headers)[1]) for m in
              (event_msg(0, message_id="m1"), event_msg(1, message_id="m1"), event_msg(2, "c2", message_id="m2"))]
     await sink.write(batch)
     table, rows, columns, token = wh.inserts[0]
     assert table == "events" and [r[0] for r in rows] == ["m1", "m2"]
     assert token == batch_token("events", [i.message for i in batch], ["m1", "m1", "m2"])
-    assert wh.log == ["insert events", "score"] and scored[0][:2] == ({"acme": {"c1", "c2"}}, "event")
-    # Seen within the window: not stored again (and nothing to score).
+    # Seen within the window: not stored again.
     await sink.write(batch[:1])
-    assert len(wh.inserts) == 1 and len(scored) == 1
+    assert len(wh.inserts) == 1
 
 
-async def test_customers_sink_folds_state_stores_then_scores_then_caches():
+async def test_the_events_sinks_raw_path_stores_the_same_rows_with_the_same_token():
+    msgs = [event_msg(0, message_id="m1"), event_msg(1, message_id="m1"), event_msg(2, "c2", message_id="m2")]
+    decoded, raw = Warehouse(), Warehouse()
+    await EventsSink(decoded, dedup_window=10).write([Item(m, model.EVENT, codec.decode(m.value, m.headers, logical=False)[1]) for m in msgs])
+    sink = EventsSink(raw, dedup_window=10)
+    await sink.write_raw([(m, codec.schema_of(m.headers)) for m in msgs])
+    (_, want, cols, token), (_, got, cols2, token2) = decoded.inserts[0], raw.inserts[0]
+    assert cols == cols2 and token == token2 and want == got and len(got) == 2
+    await sink.write_raw([(msgs[0], codec.schema_of(msgs[0].headers))])  # seen: nothing more
+    assert len(raw.inserts) == 1
+
+
+async def test_customers_sink_folds_state_stores_then_caches():
     wh = Warehouse()
-    calls = []
-
-    async def score(touched, trigger, token):
-        calls.append((touched, trigger))
-        assert sink.cache == {}  # the cache moves only once everything is stored and scored
-
-    sink = CustomersSink(wh, score, cache_size=10)
+    sink = CustomersSink(wh, cache_size=10)
     up = model.customer_upsert(workspace="acme", customer_id="c1", attributes={"plan": "Pro"}, source="traitly", received_at_ms=1000)
     merge = model.customer_merge(workspace="acme", customer_id="c1", merged_id="c0", kind="merge", source="traitly", received_at_ms=2000)
     items = [Item(Msg(topics.CUSTOMERS, 0, 0, b""), up.schema, up.value), Item(Msg(topics.CUSTOMERS, 0, 1, b""), merge.schema, merge.value)]
@@ -291,7 +302,6 @@ async def test_customers_sink_folds_state_stores_then_scores_then_caches():
     token = wh.inserts[0][3]
     assert token == batch_token("customers", [i.message for i in items], [i.record["message_id"] for i in items])
     assert wh.inserts[1][3] == token + "-merges"
-    assert calls[0][1] == "customer" and "c1" in calls[0][0]["acme"]
     assert sink.cache[("acme", "c1")].attributes["plan"] == "Pro"
     sink.clear()
     assert sink.cache == {}
