@@ -2,7 +2,8 @@
 
 Queries and batched inserts go through ``Warehouse``, which runs clickhouse-connect's
 sync client in a worker thread (chDB, the embedded engine, has no async client and must
-never block the loop). Admin SQL has a lane of its own (``Warehouse.admin``): other
+never block the loop). Reads (``rows``) have a client and thread of their own, so the
+scorer's queries never queue the sinks' inserts behind them (nor the other way round). Admin SQL has a lane of its own (``Warehouse.admin``): other
 clients on the same database, in other threads, at most ``admin_concurrency`` at once
 (more are refused at once with ``WarehouseBusy``), so an analyst's 10-second query never
 queues ingestion or the API behind it. ``migrate`` applies the versioned DDL files in
@@ -80,6 +81,8 @@ class Warehouse:
         self._client: Any = None
         # chDB serialises calls on one handle anyway; a server takes a few in parallel.
         self._pool = ThreadPoolExecutor(max_workers=1 if self.embedded else 4, thread_name_prefix="clickhouse")
+        self._read_client: Any = None
+        self._read_pool = ThreadPoolExecutor(max_workers=1 if self.embedded else 4, thread_name_prefix="clickhouse-read")
         # The admin lane: one client per admin thread (a client is not shared across threads).
         self._admin_pool = ThreadPoolExecutor(max_workers=admin_concurrency, thread_name_prefix="clickhouse-admin")
         self._admin_slots = asyncio.Semaphore(admin_concurrency)
@@ -90,10 +93,10 @@ class Warehouse:
         # a DESCRIBE before every insert (migrations run before the first insert).
         self._column_types: dict[tuple[str, tuple[str, ...]], list[str]] = {}
 
-    async def _run(self, fn, *args, **kwargs):
+    async def _run(self, fn, *args, _pool: ThreadPoolExecutor | None = None, **kwargs):
         loop = asyncio.get_running_loop()
         try:
-            return await loop.run_in_executor(self._pool, lambda: fn(*args, **kwargs))
+            return await loop.run_in_executor(_pool or self._pool, lambda: fn(*args, **kwargs))
         except WarehouseError:
             raise
         except Exception as exc:
@@ -103,6 +106,7 @@ class Warehouse:
         if (path := embedded_path(self.dsn)) is not None:
             path.mkdir(parents=True, exist_ok=True)
         self._client = await self._run(clickhouse_connect.get_client, dsn=self.dsn)
+        self._read_client = await self._run(clickhouse_connect.get_client, dsn=self.dsn, _pool=self._read_pool)
         return self
 
     async def close(self) -> None:
@@ -114,6 +118,13 @@ class Warehouse:
                 await self._run(c.close)
             except WarehouseError:
                 pass
+        if self._read_client is not None:
+            client, self._read_client = self._read_client, None
+            try:
+                await self._run(client.close, _pool=self._read_pool)
+            except WarehouseError:
+                pass
+        self._read_pool.shutdown(wait=True)
         if self._client is not None:
             client, self._client = self._client, None
             await self._run(client.close)
@@ -148,8 +159,10 @@ class Warehouse:
         return await self._run(self._client.command, sql, parameters=parameters)
 
     async def rows(self, sql: str, parameters: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-        result = await self._run(self._client.query, sql, parameters=parameters)
-        return list(result.named_results())
+        def query() -> list[dict[str, Any]]:
+            return list(self._read_client.query(sql, parameters=parameters).named_results())
+
+        return await self._run(query, _pool=self._read_pool)
 
     async def raw(self, sql: str, fmt: str, parameters: dict[str, Any] | None = None, *, readonly: bool = False) -> bytes:
         # A server enforces readonly per query; chDB would keep the setting for the whole

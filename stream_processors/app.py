@@ -94,6 +94,11 @@ class SinkService(Service):
                 await asyncio.sleep(CRASH_PAUSE_S)
                 await self.source.consumer.seek_to_committed()
 
+    def halt(self) -> None:
+        """Handle nothing more from now on (the broker is gone: its stop may never finish)."""
+        if self._task is not None:
+            self._task.cancel()
+
     async def on_stop(self) -> None:
         task, self._task = self._task, None
         if task is not None:
@@ -191,7 +196,12 @@ class Processors:
 
     async def stop(self, timeout: float = 30.0, *, broker_gone: bool = False) -> None:
         """Stop scoring, then the faust worker with the services it hosts (each cancels its
-        loop first, so nothing more is handled, then leaves its group), then the producer."""
+        loop first, so nothing more is handled, then leaves its group), then the producer.
+        ``broker_gone``: every loop is cancelled at once, before any stop that may overrun,
+        so a consumer left behind never handles anything from the next broker."""
+        if broker_gone:
+            for svc in [*self.services, *([self.stage] if self.stage is not None else [])]:
+                svc.halt()
         await self.scorer.stop()
         # Bounded: with the broker gone, a consumer leaving its group could wait forever.
         await stop_within("the processors", self.app.stop(), timeout)
@@ -202,7 +212,24 @@ class Processors:
     # -- draining ----------------------------------------------------------------------
 
     def caught_up(self, ends: dict[tuple[str, int], int]) -> bool:
+        """Stored: the sinks have handled every partition up to ``ends``."""
         return self.progress.caught_up(ends)
 
+    def scored(self, ends: dict[tuple[str, int], int]) -> bool:
+        """Scored too: the scoring stage has rescored what those records touched (and its
+        propensity changes are acknowledged by the broker)."""
+        return self.stage is None or self.stage.scored.caught_up(_scoring_part(ends))
+
     async def wait_caught_up(self, ends: dict[tuple[str, int], int], timeout: float) -> bool:
-        return await self.progress.wait_caught_up(ends, timeout)
+        """Until stored and scored (a drain waits for both), or False after ``timeout``."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        if not await self.progress.wait_caught_up(ends, timeout):
+            return False
+        if self.stage is None:
+            return True
+        return await self.stage.scored.wait_caught_up(_scoring_part(ends), max(0.0, deadline - loop.time()))
+
+
+def _scoring_part(ends: dict[tuple[str, int], int]) -> dict[tuple[str, int], int]:
+    return {tp: end for tp, end in ends.items() if tp[0] in (topics.EVENTS, topics.CUSTOMERS)}

@@ -2,7 +2,8 @@
 
 Flow: the spooled sink leaves a ``Mark`` per chunk the broker acknowledged (its last spool seq,
 its highest offset per partition). ``Ledger.step`` moves a mark to "stored" once the
-processors' progress (which only moves after ClickHouse took a batch) covers its offsets.
+processors' progress (which only moves after ClickHouse took a batch) covers its offsets, then
+to "scored" once their scoring stage has rescored the customers those records touched.
 A stored record may have produced more records that live only on the broker: dead letters,
 propensity changes and recommended actions (what the processors' and the dispatcher's
 producers have acknowledged so far). So the spool is released up to a mark only when those,
@@ -49,6 +50,7 @@ class Ledger:
         self.dispatcher = dispatcher
         self.epoch = sink.epoch
         self.stored_seq = sink.spool.released_seq  # stored in ClickHouse (not yet what it led to)
+        self._scoring: deque[Any] = deque()  # stored marks, until scored
         self._waiting: deque[tuple[int, dict[tuple[str, int], int]]] = deque()
 
     def _derived(self) -> dict[tuple[str, int], int]:
@@ -75,6 +77,7 @@ class Ledger:
         if self.epoch != self.sink.epoch:
             # A new broker: the old offsets mean nothing; the sink sends the unreleased again.
             self.epoch = self.sink.epoch
+            self._scoring.clear()
             self._waiting.clear()
         processors = self.processors()
         if processors is None:
@@ -83,7 +86,10 @@ class Ledger:
         while marks and processors.caught_up(ends(marks[0].offsets)):
             mark = marks.popleft()
             self.stored_seq = max(self.stored_seq, mark.seq)
-            self._waiting.append((mark.seq, self._derived()))
+            self._scoring.append(mark)
+        # What scoring published for a mark is acknowledged once it is scored: snapshot then.
+        while self._scoring and processors.scored(ends(self._scoring[0].offsets)):
+            self._waiting.append((self._scoring.popleft().seq, self._derived()))
         release = None
         while self._waiting and self._derived_stored(self._waiting[0][1]):
             release = self._waiting.popleft()[0]

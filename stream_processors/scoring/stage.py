@@ -46,7 +46,7 @@ class _Batch:
 
     def __init__(self, topic: str, partition: int, first: int):
         self.topic, self.partition, self.first, self.last = topic, partition, first, first
-        self.touched: set[tuple[str, str]] = set()
+        self.touched: set[bytes | None] = set()  # message keys: workspace:customer_id
 
 
 def _customer(key: bytes | None) -> tuple[str, str] | None:
@@ -86,6 +86,7 @@ class ScoringStage(Service):
         self._admin: Any = None
         self._tasks: list[asyncio.Task] = []
         self.cycles = 0
+        self.scored = Progress()  # the highest offset scored per partition: what a drain waits on
 
     async def on_start(self) -> None:
         await self.source.start()
@@ -93,6 +94,11 @@ class ScoringStage(Service):
             asyncio.create_task(self._read(), name="goalstream-scoring-read"),
             asyncio.create_task(self._cycles(), name="goalstream-scoring-cycles"),
         ]
+
+    def halt(self) -> None:
+        """Score nothing more from now on (the broker is gone)."""
+        for t in self._tasks:
+            t.cancel()
 
     async def on_stop(self) -> None:
         tasks, self._tasks = self._tasks, []
@@ -109,6 +115,8 @@ class ScoringStage(Service):
 
     async def _read(self) -> None:
         async for batch in self.source:
+            # Per message only what must be: the raw key into a set (decoded once per customer
+            # when scored); the stage reads everything the sinks read, so this is its hot loop.
             parts: dict[tuple[str, int], _Batch] = {}
             for m in batch:
                 tp = (m.topic, m.partition)
@@ -116,13 +124,10 @@ class ScoringStage(Service):
                 if part is None:
                     part = parts[tp] = _Batch(m.topic, m.partition, m.offset)
                 part.last = m.offset
-                who = _customer(m.key)
-                if who is not None:
-                    part.touched.add(who)
-                if m.topic == topics.CUSTOMERS and m.value is not None:
-                    merged = _merged(m)
-                    if merged is not None:
-                        part.touched.add(merged)
+                part.touched.add(m.key)
+            for m in batch:
+                if m.topic == topics.CUSTOMERS and m.value is not None and (merged := _merged(m)) is not None:
+                    parts[(m.topic, m.partition)].touched.add(model.partition_key(*merged))
             for tp, part in parts.items():
                 self.waiting.setdefault(tp, deque()).append(part)
             self.n_waiting += len(batch)
@@ -160,6 +165,8 @@ class ScoringStage(Service):
         for trigger, touched in by_trigger.items():
             await self.scorer.score_with_retry(touched, trigger, f"{token}/{trigger}")
         await self.source.commit({_tp(t, p): off + 1 for (t, p), off in commits.items()})
+        for tp, off in commits.items():
+            self.scored.offsets[tp] = max(off, self.scored.offsets.get(tp, -1))
         self.cycles += 1
         spent = loop.time() - t0
         log.debug("scoring cycle: %d customers, %d partitions, %.3fs", len(ready), len(commits), spent)
@@ -168,7 +175,7 @@ class ScoringStage(Service):
     async def _take_ready(self) -> tuple[dict[tuple[str, str], str], dict[tuple[str, int], int]]:
         """The customers of every waiting batch whose offsets the sinks have stored, with their
         trigger ("customer" wins over "event"), and the last such offset per partition."""
-        ready: dict[tuple[str, str], str] = {}
+        ready: dict[bytes | None, str] = {}
         commits: dict[tuple[str, int], int] = {}
         for tp, queue in self.waiting.items():
             while queue:
@@ -178,13 +185,17 @@ class ScoringStage(Service):
                 queue.popleft()
                 self.n_waiting -= part.last - part.first + 1
                 trigger = "customer" if part.topic == topics.CUSTOMERS else "event"
-                for who in part.touched:
-                    if ready.get(who) != "customer":
-                        ready[who] = trigger
+                for key in part.touched:
+                    if ready.get(key) != "customer":
+                        ready[key] = trigger
                 commits[tp] = part.last
         if self.n_waiting < MAX_WAITING:
             self._room.set()
-        return ready, commits
+        customers = {}
+        for key, trigger in ready.items():
+            if (who := _customer(key)) is not None and customers.get(who) != "customer":
+                customers[who] = trigger
+        return customers, commits
 
     async def _is_stored(self, tp: tuple[str, int], offset: int) -> bool:
         if self.stored.offsets.get(tp, -1) >= offset:

@@ -169,10 +169,14 @@ class Part:
 
     def __init__(self) -> None:
         self.progress = Progress()
+        self.scoring = Progress()  # the processors' scoring stage
         self.producer = FakeProducer([])
 
     def caught_up(self, ends):
         return self.progress.caught_up(ends)
+
+    def scored(self, ends):
+        return self.scoring.caught_up(ends)
 
 
 class Msg:
@@ -190,15 +194,18 @@ async def test_the_ledger_releases_only_what_is_stored_and_what_it_led_to(tmp_pa
         await sink.publish([event(i)])
     await sink.flush()
     assert ledger.step() is None and ledger.backlog == 3  # nothing stored yet
-    # Stored up to offset 1 (two records); meanwhile the scorer published a propensity change.
-    processors.producer.acked[(topics.PROPENSITY, 0)] = 0
+    # Stored up to offset 1 (two records), not scored yet.
     processors.progress.advance([Msg(topics.EVENTS, 0, 1)])
-    assert ledger.step() is None  # stored, but the dispatcher has not stored its delivery
-    assert ledger.backlog <= 1
+    assert ledger.step() is None and ledger.backlog <= 1  # stored, so out of the backlog
+    # Scored: the scoring stage published a propensity change for them.
+    processors.producer.acked[(topics.PROPENSITY, 0)] = 0
+    processors.scoring.advance([Msg(topics.EVENTS, 0, 1)])
+    assert ledger.step() is None  # scored, but the dispatcher has not stored its delivery
     dispatcher.progress.advance([Msg(topics.PROPENSITY, 0, 0)])
     released = ledger.step()
     assert released is not None and released <= 2
     processors.progress.advance([Msg(topics.EVENTS, 0, 2)])
+    processors.scoring.advance([Msg(topics.EVENTS, 0, 2)])
     assert ledger.step() == 3 and ledger.backlog == 0
     await sink.spool.release(3)
     assert ledger.settled

@@ -316,3 +316,68 @@ async def test_deadletters_sink_stores_rows_in_column_order_with_a_token_over_th
     assert table == "deadletters" and columns[0] == "id" and rows[0][0] == item.record["id"]
     assert rows[0][1] == "undecodable dead letter: bad" and rows[0][2] == "deadletters-sink"
     assert token == batch_token("deadletters", [msg], [item.record["id"]])
+
+
+# -- the raw path: undecoded first, decoding only when it fails ------------------------------
+
+
+class RawListSink(ListSink):
+    """A ListSink that also takes raw messages; ``raw_fail`` raises instead, while set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.raw: list[list[Any]] = []
+        self.raw_fail: Exception | None = None
+
+    async def write_raw(self, batch):
+        if self.raw_fail is not None:
+            raise self.raw_fail
+        self.raw.append([m for m, _ in batch])
+
+
+async def test_a_raw_sink_gets_the_messages_undecoded_and_the_wrong_ones_are_dead_lettered_first():
+    sink, letters = RawListSink(), Letters()
+    run = make(sink, letters)
+    good = [event_msg(0), event_msg(1)]
+    upsert = model.customer_upsert(workspace="acme", customer_id="c1", attributes={}, source="traitly")
+    wrong = Msg(topics.EVENTS, 0, 2, *codec.encode(upsert.schema, upsert.value))
+    await run.process([*good, wrong])
+    assert sink.raw == [good] and sink.batches == []
+    assert [(m, stage) for m, _, stage in letters.sent] == [(wrong, "events-sink")]
+    assert run.progress.offsets == {(topics.EVENTS, 0): 2}
+
+
+async def test_a_raw_batch_that_fails_is_decoded_and_what_does_not_decode_is_dead_lettered():
+    sink, letters = RawListSink(), Letters()
+    sink.raw_fail = WarehouseError("Cannot read all data", retriable=False)
+    good = event_msg(0)
+    corrupt = Msg(topics.EVENTS, 0, 1, b"\x07\x01", list(codec.LATEST[model.EVENT].headers))
+    await make(sink, letters).process([good, corrupt])
+    assert [i.message for i in sink.items] == [good]
+    assert [m for m, _, _ in letters.sent] == [corrupt]
+
+
+async def test_the_raw_path_refuses_a_record_it_cannot_read_so_the_batch_is_decoded():
+    wh = Warehouse()
+    sink = EventsSink(wh, dedup_window=10)
+    corrupt = Msg(topics.EVENTS, 0, 1, b"\x07\x01", list(codec.LATEST[model.EVENT].headers))
+    with pytest.raises(ProcessorError):
+        await sink.write_raw([(event_msg(0), codec.LATEST[model.EVENT]), (corrupt, codec.LATEST[model.EVENT])])
+    assert wh.inserts == []
+
+
+def test_the_leading_strings_of_a_record_and_a_container_clickhouse_can_read():
+    import io
+
+    import fastavro
+
+    rec = model.event(workspace="acme", customer_id="c1", name="opened", properties={"é": 1}, source="traitly")
+    value, _ = codec.encode(rec.schema, rec.value)
+    assert codec.leading_strings(value, 2) == [rec.value["message_id"], "acme"]
+    with pytest.raises(codec.SchemaError):
+        codec.leading_strings(value[:10], 2)
+    schema = codec.LATEST[model.EVENT]
+    assert codec.leads_with_strings(schema, ("message_id", "workspace"))
+    assert not codec.leads_with_strings(schema, ("workspace",))
+    read = list(fastavro.reader(io.BytesIO(codec.container(schema, [value, value]))))
+    assert len(read) == 2 and read[0]["properties"] == '{"é":1}'
