@@ -83,6 +83,9 @@ class Warehouse:
         self._pool = ThreadPoolExecutor(max_workers=1 if self.embedded else 4, thread_name_prefix="clickhouse")
         self._read_client: Any = None
         self._read_pool = ThreadPoolExecutor(max_workers=1 if self.embedded else 4, thread_name_prefix="clickhouse-read")
+        # Embedded, the reads share this machine's cores with the inserts: one thread each, so a
+        # scoring query never takes every core from the sinks (a server has its own).
+        self._read_settings = {"max_threads": 1} if self.embedded else None
         # The admin lane: one client per admin thread (a client is not shared across threads).
         self._admin_pool = ThreadPoolExecutor(max_workers=admin_concurrency, thread_name_prefix="clickhouse-admin")
         self._admin_slots = asyncio.Semaphore(admin_concurrency)
@@ -160,7 +163,7 @@ class Warehouse:
 
     async def rows(self, sql: str, parameters: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         def query() -> list[dict[str, Any]]:
-            return list(self._read_client.query(sql, parameters=parameters).named_results())
+            return list(self._read_client.query(sql, parameters=parameters, settings=self._read_settings).named_results())
 
         return await self._run(query, _pool=self._read_pool)
 
