@@ -1,10 +1,10 @@
-# make run | make check | make test | make install | make hostile | make faults | make bench  (see README.md)
+# make run | make check | make test | make install | make hostile | make faults | make bench | make bench-quick  (see README.md)
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run check test hostile faults bench clean
+.PHONY: install run check test hostile faults bench bench-quick clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,11 @@ faults: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python tests/bench/run_bench.py
+
+# Every section of the bench, small (a few minutes): to check the bench itself, not to quote figures.
+bench-quick: $(STAMP)
+	$(BIN)/python tests/bench/run_bench.py --rounds 1 --baseline-duration 3 --duration 3 \
+		--drain-events 30000 --slow-events 40 --fast-seconds 4
 
 clean:
 	rm -rf $(VENV) var

@@ -147,7 +147,7 @@ class Processors:
         if config.goals:
             self.stage = ScoringStage(
                 self._source(f"{s.consumer_group}.scoring", [topics.EVENTS, topics.CUSTOMERS]),
-                self.scorer, stored=self.progress, owned=self._owned, interval_s=s.score_interval_s,
+                self.scorer, stored=self.progress, owned=self._owned, backlog=self._backlog, interval_s=s.score_interval_s,
                 bootstrap=s.kafka_bootstrap, sink_groups={topics.EVENTS: s.consumer_group, topics.CUSTOMERS: f"{s.consumer_group}.customers"},
             )
         self.app = self._make_app()
@@ -176,6 +176,15 @@ class Processors:
         """Whether this worker's sink for ``topic`` holds ``partition`` now."""
         source = self.sources.get(topic)
         return source is not None and any(tp.partition == partition for tp in source.assignment() if tp.topic == topic)
+
+    def _backlog(self) -> int:
+        """Records on this worker's events and customers partitions that the sinks have not
+        stored yet (as of their last fetch)."""
+        n = 0
+        for topic in (topics.EVENTS, topics.CUSTOMERS):
+            for tp, end in self.sources[topic].highwaters().items():
+                n += max(0, end - 1 - self.progress.offsets.get(tp, -1))
+        return n
 
     def _owns_partition_zero(self) -> bool:
         """One worker of the group does the group-wide jobs (rescoring after a model change,

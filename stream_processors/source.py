@@ -110,6 +110,15 @@ class KafkaBatches:
         except IllegalStateError:
             return set()
 
+    def highwaters(self) -> dict[tuple[str, int], int]:
+        """The end offset of each assigned partition, as of the last fetch."""
+        out = {}
+        for tp in self.assignment():
+            hw = self.consumer.highwater(tp)
+            if hw is not None:
+                out[(tp.topic, tp.partition)] = hw
+        return out
+
     async def __aiter__(self) -> AsyncIterator[list[Any]]:
         consumer, loop = self.consumer, asyncio.get_running_loop()
         idle_ms = max(self.fetch_wait_ms, 100)

@@ -10,9 +10,10 @@ others) -> coalesced across batches: each customer touched since the last cycle 
 the stage's offsets are committed only then. A crash rescores from the last commit: the
 scorer publishes a change only when a likelihood moved, so that is harmless.
 
-Cycles run at most every ``interval_s``, and after a long cycle the stage waits twice as long
-as it took: during a backlog drain scoring takes at most a third of the worker's time, and
-the sinks keep the rest.
+Cycles run at most every ``interval_s``. While the sinks have a backlog (more than
+``BACKLOG`` records fetched and not stored), the stage waits twice as long as its last cycle
+took: during a drain scoring takes at most a third of the worker's time and the sinks keep the
+rest; at a steady rate, it scores as soon as the interval allows.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from .processor import Scorer
 log = logging.getLogger("goalstream.scoring")
 
 REMOTE_REFRESH_S = 1.0  # how often the sinks' committed offsets are read for partitions not ours
+BACKLOG = 10_000  # records the sinks have not stored, above which scoring yields to them
 MAX_WAITING = 200_000  # messages read and not yet scored, above which reading pauses
 TASK_STOP_S = 5.0
 
@@ -65,6 +67,7 @@ class ScoringStage(Service):
         stored: Progress,
         owned: Callable[[str, int], bool],
         interval_s: float,
+        backlog: Callable[[], int] = lambda: 0,
         bootstrap: str,
         sink_groups: dict[str, str],
         **kwargs: Any,
@@ -74,6 +77,7 @@ class ScoringStage(Service):
         self.scorer = scorer
         self.stored = stored
         self.owned = owned
+        self.backlog = backlog
         self.interval_s = interval_s
         self.bootstrap = bootstrap
         self.sink_groups = sink_groups
@@ -148,8 +152,9 @@ class ScoringStage(Service):
             except Exception:
                 log.exception("a scoring cycle failed; trying again")
                 spent = 0.0
-            # At most a third of the worker's time, however large the backlog.
-            await asyncio.sleep(max(self.interval_s - (loop.time() - t0), 2 * spent))
+            # With a backlog, at most a third of the worker's time, however large it is.
+            yield_s = 2 * spent if self.backlog() > BACKLOG else 0.0
+            await asyncio.sleep(max(self.interval_s - (loop.time() - t0), yield_s))
 
     async def cycle(self) -> float:
         """Score what is stored and not scored yet; returns the seconds spent scoring."""
