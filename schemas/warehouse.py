@@ -112,6 +112,12 @@ class Warehouse:
         self._read_client = await self._run(clickhouse_connect.get_client, dsn=self.dsn, _pool=self._read_pool)
         return self
 
+    async def lane(self) -> "Warehouse":
+        """Another client (and thread) on the same database, opened; the caller closes it.
+        A part that writes a lot besides the hot sinks (the scorer, the dispatcher) takes
+        one, so its inserts never queue the sinks' behind them on one thread."""
+        return await Warehouse(self.dsn, admin_concurrency=1).open()
+
     async def close(self) -> None:
         self._admin_pool.shutdown(wait=True)
         with self._admin_lock:

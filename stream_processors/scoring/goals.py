@@ -95,21 +95,69 @@ async def identity_groups(warehouse: Warehouse, workspace: str, ids: Iterable[st
     return groups
 
 
+class Known:
+    """What ``load_states`` read about customers that changes only with a record on
+    ``goalstream.customers``: each id's identity group and each primary's sign-up and
+    attributes. The scoring stage ``forget``s whatever such a record touches, so a round
+    triggered by events alone reads only the events (bounded: cleared when full)."""
+
+    def __init__(self, limit: int = 200_000):
+        self.limit = limit
+        self.root: dict[tuple[str, str], str] = {}  # id -> its primary
+        self.members: dict[tuple[str, str], set[str]] = {}  # primary -> ids merged in (itself too)
+        self.customer: dict[tuple[str, str], dict[str, Any] | None] = {}  # primary -> row (None: none)
+
+    def forget(self, workspace: str, ids: Iterable[str]) -> None:
+        for i in ids:
+            root = self.root.pop((workspace, i), i)
+            for m in self.members.pop((workspace, root), ()):
+                self.root.pop((workspace, m), None)
+            self.customer.pop((workspace, root), None)
+            self.customer.pop((workspace, i), None)
+
+    def groups(self, workspace: str, ids: set[str]) -> dict[str, set[str]] | None:
+        roots = [self.root.get((workspace, i)) for i in ids]
+        if any(r is None for r in roots):
+            return None
+        return {r: self.members[(workspace, r)] for r in roots}  # type: ignore[index]
+
+    def keep(self, workspace: str, groups: dict[str, set[str]], rows: dict[str, dict[str, Any]]) -> None:
+        if len(self.root) > self.limit:
+            self.root.clear(), self.members.clear(), self.customer.clear()
+        for root, members in groups.items():
+            self.members[(workspace, root)] = members
+            for m in members:
+                self.root[(workspace, m)] = root
+            self.customer[(workspace, root)] = rows.get(root)
+
+
 async def load_states(
-    warehouse: Warehouse, config: GoalstreamConfig, workspace: str, ids: Iterable[str], now_ms: int | None = None
+    warehouse: Warehouse, config: GoalstreamConfig, workspace: str, ids: Iterable[str], now_ms: int | None = None,
+    known: Known | None = None,
 ) -> list[GoalState]:
     """The goal states of the (primary customers of) ``ids``; customers that do not exist
-    (yet) or are deleted are in no goal."""
+    (yet) or are deleted are in no goal. ``known``: identities and customer rows read before."""
     goals = config.goals_of(workspace)
     ids = {i for i in ids if i}
     if not goals or not ids:
         return []
-    groups = await identity_groups(warehouse, workspace, ids)
-    customers = await warehouse.rows(
-        "SELECT customer_id, toUnixTimestamp64Milli(created_at) AS entered, attributes FROM customers FINAL "
-        "WHERE workspace = {ws:String} AND customer_id IN {ids:Array(String)} AND is_deleted = 0",
-        {"ws": workspace, "ids": sorted(groups)},
-    )
+    groups = known.groups(workspace, ids) if known is not None else None
+    if groups is None:
+        groups = await identity_groups(warehouse, workspace, ids)
+    rows_by_id: dict[str, dict[str, Any]] = {}
+    missing = sorted(groups) if known is None else sorted(r for r in groups if (workspace, r) not in known.customer)
+    if missing:
+        fetched = await warehouse.rows(
+            "SELECT customer_id, toUnixTimestamp64Milli(created_at) AS entered, attributes FROM customers FINAL "
+            "WHERE workspace = {ws:String} AND customer_id IN {ids:Array(String)} AND is_deleted = 0",
+            {"ws": workspace, "ids": missing},
+        )
+        rows_by_id = {r["customer_id"]: r for r in fetched}
+        if known is not None:
+            known.keep(workspace, {r: groups[r] for r in missing}, rows_by_id)
+    if known is not None:
+        rows_by_id.update({r: row for r in groups if (row := known.customer.get((workspace, r))) is not None})
+    customers = list(rows_by_id.values())
     if not customers:
         return []
     entered = {r["customer_id"]: int(r["entered"]) for r in customers}

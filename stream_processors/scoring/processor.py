@@ -44,7 +44,11 @@ log = logging.getLogger("goalstream.scoring")
 
 PROPENSITY_CHANGE = "goalstream.GoalPropensityChange"
 RECOMMENDED_ACTIONS = "goalstream.RecommendedNextActions"
-CHUNK = 10000  # customers per scoring query: each reads their events once
+# Customers per scoring round trip. Each chunk's Python work (assess, encode, publish) runs
+# without yielding the event loop: the live stage keeps chunks small, so the sinks and the
+# gateway sharing the loop wait at most a few tens of ms; a rescore takes big ones.
+CHUNK = 10000
+LIVE_CHUNK = 1000
 SCORE_COLUMNS = (
     "workspace", "goal", "customer_id", "scored_at", "likelihood", "previous_likelihood", "published",
     "status", "model_version", "model_kind", "trigger", "drivers", "message_id",
@@ -52,6 +56,16 @@ SCORE_COLUMNS = (
 STATUS_COLUMNS = ("workspace", "goal", "customer_id", "status", "entered_at", "window_end", "reached_at", "plan", "updated_at", "version")
 AGG_COLUMNS = ("workspace", "goal", "customer_id", "event_name", "window_count", "total_count", "updated_at", "version")
 MODEL_COLUMNS = ("workspace", "goal", "version", "kind", "trained_at", "n_customers", "n_positive", "base_rate", "auc", "model")
+
+
+class _Rows:
+    """What one ``score`` call stores once all its chunks are assessed and published."""
+
+    def __init__(self) -> None:
+        self.scores: list[list[Any]] = []
+        self.statuses: list[list[Any]] = []
+        self.aggs: list[list[Any]] = []
+        self.published: dict[tuple[str, str, str], float] = {}
 
 
 def _message_id(*parts: str) -> str:
@@ -91,6 +105,8 @@ class Scorer:
         self._task: asyncio.Task | None = None
         self.scored = 0
         self.published = 0
+        # Identities and customer rows, kept between rounds until a customer record touches them.
+        self.known = g.Known(settings.customer_cache_size)
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -146,28 +162,48 @@ class Scorer:
 
     # -- scoring -----------------------------------------------------------------------
 
-    async def score(self, touched: dict[str, set[str]], trigger: str, token: str) -> int:
-        """Score every goal of each touched customer; returns how many scores were made."""
+    def forget(self, touched: dict[str, set[str]]) -> None:
+        """A record on ``goalstream.customers`` changed these customers: read them afresh."""
+        for workspace, ids in touched.items():
+            self.known.forget(workspace, ids)
+
+    async def score(self, touched: dict[str, set[str]], trigger: str, token: str, chunk: int = CHUNK) -> int:
+        """Score every goal of each touched customer; returns how many scores were made.
+
+        Chunk by chunk: goal states read, assessed, changes published; then, per workspace,
+        one insert per table for all chunks (small inserts would pile up parts)."""
         n = 0
         for workspace, ids in touched.items():
             if not self.config.goals_of(workspace):
                 continue
             ordered = sorted(i for i in ids if i)
-            for start in range(0, len(ordered), CHUNK):
-                chunk = ordered[start : start + CHUNK]
-                async with self._lock:
-                    n += await self._score_chunk(workspace, chunk, trigger, f"{token}/{start}")
+            async with self._lock:
+                rows = _Rows()
+                for start in range(0, len(ordered), chunk):
+                    await self._score_chunk(workspace, ordered[start : start + chunk], trigger, f"{token}/{start}", rows)
+                tok = _token(token, workspace, trigger)
+                if rows.scores:
+                    await self.warehouse.insert("propensity_scores", rows.scores, SCORE_COLUMNS, f"scores-{tok}")
+                if rows.statuses:
+                    await self.warehouse.insert("goal_status", rows.statuses, STATUS_COLUMNS, f"status-{tok}")
+                if rows.aggs:
+                    await self.warehouse.insert("goal_aggregates", rows.aggs, AGG_COLUMNS, f"aggs-{tok}")
+                for key, likelihood in rows.published.items():
+                    self._remember(key, likelihood)
+                self.scored += len(rows.scores)
+                self.published += len(rows.published)
+                n += len(rows.scores)
         return n
 
-    async def _score_chunk(self, workspace: str, ids: list[str], trigger: str, token: str) -> int:
+    async def _score_chunk(self, workspace: str, ids: list[str], trigger: str, token: str, out: "_Rows") -> None:
         now = model.now_ms()
-        states = await g.load_states(self.warehouse, self.config, workspace, ids, now)
+        states = await g.load_states(self.warehouse, self.config, workspace, ids, now, known=self.known)
         if not states:
-            return 0
+            return
         await self._load_last(workspace, {s.customer_id for s in states})
         threshold = self.settings.propensity_threshold
         records: list[Record] = []
-        scores, statuses, aggs, published = [], [], [], {}
+        scores, statuses, aggs, published = out.scores, out.statuses, out.aggs, out.published
         version = now * 1000
         for s in states:
             m = await self.models.get(workspace, s.goal)
@@ -198,17 +234,6 @@ class Scorer:
                 aggs.append([workspace, s.goal.name, s.customer_id, name, s.window_counts.get(name, 0), total, model.from_ms(now), version])
         if records:
             await self.producer.publish(records)  # first: never store "published" for what was not
-        tok = _token(token, workspace, trigger)
-        if scores:
-            await self.warehouse.insert("propensity_scores", scores, SCORE_COLUMNS, f"scores-{tok}")
-        await self.warehouse.insert("goal_status", statuses, STATUS_COLUMNS, f"status-{tok}")
-        if aggs:
-            await self.warehouse.insert("goal_aggregates", aggs, AGG_COLUMNS, f"aggs-{tok}")
-        for key, likelihood in published.items():
-            self._remember(key, likelihood)
-        self.scored += len(scores)
-        self.published += len(published)
-        return len(scores)
 
     def _records(self, s: g.GoalState, a: g.Assessment, prev: float | None, mid: str, now: int) -> list[Record]:
         key = model.partition_key(s.workspace, s.customer_id)
@@ -268,12 +293,12 @@ class Scorer:
         while len(self.last) > self.settings.score_cache_size:
             self.last.popitem(last=False)
 
-    async def score_with_retry(self, touched: dict[str, set[str]], trigger: str, token: str) -> None:
+    async def score_with_retry(self, touched: dict[str, set[str]], trigger: str, token: str, chunk: int = LIVE_CHUNK) -> None:
         """Used by the sinks after a batch is stored: wait out ClickHouse or Kafka outages
         (the batch is not acknowledged meanwhile). A bug in scoring is logged, not allowed
         to stop ingestion: scores can be recomputed (``goalstream train`` rescores)."""
         try:
-            await retry(lambda: self.score(touched, trigger, token), what=f"scoring a {trigger} batch", logger=log)
+            await retry(lambda: self.score(touched, trigger, token, chunk), what=f"scoring a {trigger} batch", logger=log)
         except Exception:
             log.exception("scoring a %s batch failed; its customers keep their previous scores", trigger)
 

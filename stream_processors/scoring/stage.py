@@ -167,6 +167,8 @@ class ScoringStage(Service):
         for (workspace, customer), trigger in ready.items():
             by_trigger.setdefault(trigger, {}).setdefault(workspace, set()).add(customer)
         token = _token(commits)
+        if "customer" in by_trigger:
+            self.scorer.forget(by_trigger["customer"])
         for trigger, touched in by_trigger.items():
             await self.scorer.score_with_retry(touched, trigger, f"{token}/{trigger}")
         await self.source.commit({_tp(t, p): off + 1 for (t, p), off in commits.items()})

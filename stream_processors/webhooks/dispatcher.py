@@ -197,6 +197,7 @@ class Dispatcher:
         self.settings = settings
         self.config = config
         self.warehouse = warehouse
+        self._shared: Warehouse | None = None  # the warehouse given, while ``warehouse`` is our lane
         self.cfg = config.dispatcher
         self.producer = RecordProducer(settings.kafka_bootstrap, idempotence=False)
         self.consumer: AIOKafkaConsumer | None = None
@@ -220,6 +221,8 @@ class Dispatcher:
     # -- lifecycle ---------------------------------------------------------------------
 
     async def start(self) -> None:
+        # A lane of its own: its delivery and attempt inserts never queue the sinks' inserts.
+        self._shared, self.warehouse = self.warehouse, await self.warehouse.lane()
         rows = await self.warehouse.rows("SELECT endpoint_id, disabled FROM webhook_endpoints FINAL", {})
         self._disabled = {r["endpoint_id"] for r in rows if int(r["disabled"])}
         await self.producer.start()
@@ -260,6 +263,9 @@ class Dispatcher:
             await self.session.close()
             self.session = None
         await stop_within("the dispatcher's producer", self.producer.stop(), min(10.0, timeout))
+        if self._shared is not None:
+            lane, self.warehouse, self._shared = self.warehouse, self._shared, None
+            await stop_within("the dispatcher's ClickHouse client", lane.close(), min(10.0, timeout))
 
     def caught_up(self, ends: dict[tuple[str, int], int]) -> bool:
         return self.progress.caught_up(ends)

@@ -49,6 +49,9 @@ class Scorer:
     async def score_with_retry(self, touched, trigger, token):
         self.calls.append((touched, trigger))
 
+    def forget(self, touched):
+        self.forgotten = touched
+
 
 def stage(batches, progress, owned=lambda t, p: True):
     return ScoringStage(Source(batches), Scorer(), stored=progress, owned=owned, interval_s=0.01,
