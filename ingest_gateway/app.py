@@ -14,9 +14,12 @@ The reader is opened and closed by whoever passed it (the app never opens ClickH
 
 from __future__ import annotations
 
+import functools
 import hmac
 import logging
+import threading
 import time
+import weakref
 from typing import Any, AsyncIterator
 
 from aiohttp import web
@@ -189,26 +192,19 @@ async def admin_sql(request: web.Request) -> web.Response:
 
 class AdminSQL:
     """The admin SQL lane: limits from settings, the engine's catalog (refreshed every
-    minute), and the mapping of refusals and limits to the gateway's errors."""
+    minute), and the mapping of refusals and limits to the gateway's errors.
+
+    What runs on the lane is ``admin_job`` with the query's arguments (a picklable call):
+    an HTTP front of ``goalstream up`` sends it to the stack process, which holds ClickHouse."""
 
     CATALOG_TTL_S = 60.0
 
     def __init__(self, settings: GatewaySettings):
         self.limits = sqlguard.Limits.from_settings(settings)
-        self._catalog: sqlguard.Catalog | None = None
-        self._loaded = 0.0
-
-    def _catalog_for(self, client: Any) -> sqlguard.Catalog:
-        if self._catalog is None or time.monotonic() - self._loaded > self.CATALOG_TTL_S:
-            self._catalog, self._loaded = sqlguard.Catalog.load(client), time.monotonic()
-        return self._catalog
 
     async def run(self, warehouse: Reader, sql: str, fmt: str, scope: sqlguard.Scope) -> bytes:
-        def job(client: Any) -> bytes:
-            return sqlguard.run(client, sql, fmt, scope, self.limits, self._catalog_for(client))
-
         try:
-            return await warehouse.admin(job)
+            return await warehouse.admin(functools.partial(admin_job, sql, fmt, scope, self.limits))
         except WarehouseBusy:
             raise errors.TooManyRequests("admin queries are all busy; try again shortly", retry_after=2) from None
         except (sqlguard.NotReadOnly, sqlguard.LimitReached, sqlguard.QueryFailed) as exc:
@@ -216,6 +212,34 @@ class AdminSQL:
         except Exception as exc:  # the engine itself failed (closed, out of resources): retriable
             log.warning("admin SQL failed in the warehouse: %s", type(exc).__name__)
             raise errors.Unavailable("the warehouse could not run the query; try again", retry_after=5) from None
+
+
+# The catalog per admin client, where the client lives (the process that holds ClickHouse);
+# weak, so a closed warehouse's clients take theirs with them. Admin threads share it.
+_catalogs: "weakref.WeakKeyDictionary[Any, tuple[sqlguard.Catalog, float]]" = weakref.WeakKeyDictionary()
+_catalogs_lock = threading.Lock()
+
+
+def _catalog_for(client: Any) -> sqlguard.Catalog:
+    with _catalogs_lock:
+        try:
+            cached = _catalogs.get(client)
+        except TypeError:  # a client that takes no weak reference: loaded each time
+            cached = None
+    if cached is not None and time.monotonic() - cached[1] <= AdminSQL.CATALOG_TTL_S:
+        return cached[0]
+    catalog = sqlguard.Catalog.load(client)
+    with _catalogs_lock:
+        try:
+            _catalogs[client] = (catalog, time.monotonic())
+        except TypeError:
+            pass
+    return catalog
+
+
+def admin_job(sql: str, fmt: str, scope: sqlguard.Scope, limits: sqlguard.Limits, client: Any) -> bytes:
+    """One admin query on an admin-lane client: checked, confined and limited (sqlguard)."""
+    return sqlguard.run(client, sql, fmt, scope, limits, _catalog_for(client))
 
 
 def create_app(

@@ -86,8 +86,13 @@ class SpooledSink:
 
     async def publish(self, records: Sequence[Record]) -> None:
         encoded = encode_records(records)  # RecordTooLarge before anything is spooled
+        await self.publish_encoded([(r.topic, r.key, value, headers) for r, value, headers in encoded])
+
+    async def publish_encoded(self, entries: Sequence[tuple[str, bytes | None, bytes, Sequence[tuple[str, bytes]]]]) -> None:
+        """Already-encoded (topic, key, value, headers), as an HTTP front sends them (it
+        encodes and size-checks them itself); returns once they are fsynced."""
         try:
-            await self.spool.append([(r.topic, r.key, value, headers) for r, value, headers in encoded])
+            await self.spool.append(entries)
         except Exception as exc:  # the disk failed: nothing of this call may be acknowledged
             raise KafkaUnavailable(f"the spool could not write: {exc}") from exc
 

@@ -12,6 +12,7 @@ import asyncio
 from typing import Awaitable, Callable
 
 Probe = Callable[[], Awaitable[bool]]
+OK_STATES = ("up", "running", "embedded", "external")
 
 
 class Health:
@@ -44,9 +45,13 @@ class Health:
 
         await asyncio.gather(*(one(c, p, t) for c, (p, t) in self._probes.items()))
 
+    def states(self) -> dict[str, str]:
+        """Every component's state, as reported."""
+        return dict(self.components)
+
     @property
     def ok(self) -> bool:
-        return all(state in ("up", "running", "embedded", "external") for state in self.components.values())
+        return all(state in OK_STATES for state in self.states().values())
 
     def report(self) -> dict[str, object]:
-        return {"status": "ok" if self.ok else "degraded", "components": dict(self.components), **self.details}
+        return {"status": "ok" if self.ok else "degraded", "components": self.states(), **self.details}

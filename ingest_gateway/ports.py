@@ -7,8 +7,9 @@ recommended-next-actions), a ``Trainer`` (POST /admin/v1/train) and an ``Admissi
 the pipeline take records right now). The gateway defines
 them and never imports their implementations: ``schemas.kafka.RecordProducer`` and
 ``schemas.warehouse.Warehouse`` fit the first two as they are, and the composition root
-(``ingest_gateway.cli``) builds the other two from the stream processors' scorer.
-Tests hand in list-backed or failing fakes instead.
+(``ingest_gateway.cli``) builds the other two from the stream processors' scorer. In an
+HTTP front of ``goalstream up`` each is a stub that asks the stack process
+(``ingest_gateway.remote``). Tests hand in list-backed or failing fakes instead.
 """
 
 from __future__ import annotations

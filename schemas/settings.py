@@ -129,6 +129,12 @@ class StackSettings(GatewaySettings, WorkerSettings):
     # At most this many accepted records not yet stored in ClickHouse; above it writers get
     # 503 + Retry-After (0: no bound).
     max_backlog: int = Field(default=100_000, ge=0, validation_alias=_env("max_backlog", "GOALSTREAM_MAX_BACKLOG"))
+    # HTTP is served by this many front processes (ingest_gateway/cli/fronts.py), so the
+    # gateway's CPU is not taken from the processors' loop; 0: the gateway runs on the
+    # stack's own loop, in its process (the fallback, and the tests' cheap mode).
+    gateway_processes: int = Field(default=1, ge=0, le=64, validation_alias=_env("gateway_processes", "GOALSTREAM_GATEWAY_PROCESSES"))
+    # The fronts run on uvloop when it is installed (measured faster per request); off: asyncio's loop.
+    uvloop: bool = Field(default=True, validation_alias=_env("uvloop", "GOALSTREAM_UVLOOP"))
 
     @property
     def embedded_broker(self) -> bool:

@@ -9,6 +9,8 @@ processes.
 - ``stack``: ``goalstream up``, everything in one process tree;
 - ``processes``: ``goalstream gateway``, ``worker``, ``dispatcher``, one part each;
 - ``http``: the gateway's app on its HTTP and HTTPS sites;
+- ``fronts`` and ``front``: ``goalstream up``'s HTTP front processes, the stack's side (bind,
+  start, restart, drain, stop) and the front's own (the app on the inherited sockets);
 - ``adapters``: the stream processors' scorer as the app's ports (``ingest_gateway.ports``);
 - ``runfile``: how the one-shot commands find a running stack.
 """

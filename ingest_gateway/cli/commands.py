@@ -58,6 +58,10 @@ def parser() -> argparse.ArgumentParser:
                     help="accepted records not yet stored before writers get 503 (default 100000; 0: no bound)")
     up.add_argument("--no-spool", action="store_false", dest="spool", default=None,
                     help="acknowledge on the embedded broker's ack only, without the fsynced spool (a crash loses the backlog)")
+    up.add_argument("--gateway-processes", type=int, dest="gateway_processes",
+                    help="HTTP front processes (default 1; 0: the gateway on the stack's own event loop)")
+    up.add_argument("--no-uvloop", action="store_false", dest="uvloop", default=None,
+                    help="run the HTTP fronts on asyncio's own event loop instead of uvloop")
     gw = sub.add_parser("gateway", help="run the HTTP gateway alone (scaled out)")
     _common(gw)
     _http(gw)

@@ -2,8 +2,10 @@
 (``sql``, ``train``, ``deadletter``, ``webhooks``) reach a ``goalstream up`` on the same data
 dir, which holds the embedded ClickHouse and broker.
 
-It holds the stack's pid, its URL, its per-run admin token, its Kafka bootstrap servers and
-the embedded broker's pid (null with ``--kafka``; rewritten when the broker is restarted); it
+It holds the stack's pid, its URL, its per-run admin token, its Kafka bootstrap servers,
+the embedded broker's pid (null with ``--kafka``; rewritten when the broker is restarted) and
+the HTTP fronts' pids (``front_pids``, as they were at the last write: a front restarted
+since has another); it
 is written mode 0600 once the gateway listens and removed last on stop.
 """
 
@@ -19,12 +21,14 @@ def path(data_dir: Path) -> Path:
     return data_dir / "run" / "stack.json"
 
 
-def write(data_dir: Path, *, url: str, token: str, kafka: str, broker_pid: int | None = None) -> None:
+def write(data_dir: Path, *, url: str, token: str, kafka: str, broker_pid: int | None = None,
+          front_pids: list[int] | None = None) -> None:
     p = path(data_dir)
     p.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
-        json.dump({"pid": os.getpid(), "url": url, "token": token, "kafka": kafka, "broker_pid": broker_pid}, f)
+        json.dump({"pid": os.getpid(), "url": url, "token": token, "kafka": kafka, "broker_pid": broker_pid,
+                   "front_pids": front_pids or []}, f)
 
 
 def remove(data_dir: Path) -> None:

@@ -7,6 +7,15 @@ holds) -> the run file -> the ready line. chDB allows one process per data path,
 and processors share one ``Warehouse`` here, and one ``ModelStore``, so the API answers with
 a new model as soon as the scorer has it; scaled out, each runs alone (``processes.py``).
 
+The gateway is served by ``--gateway-processes`` HTTP front processes (``fronts.py``; default
+1), so its CPU is not taken from this loop, which the processors need: this process binds the
+sockets, each front parses, validates and encodes, and sends the encoded records here
+(``_front_call``), where they are spooled (or produced, without a spool) before the front
+answers 2xx; reads, the admin lane, training, recommendations and health are answered here
+too. Admission (503 while the broker is down or the backlog full) is pushed to the fronts on
+every tick and change, and checked again on every publish. With 0 the app runs on this loop
+(``http.py``), as it always did.
+
 While it runs (``wait``), every 0.2 s: the ledger releases what ClickHouse holds from the
 spool, the backlog is published in ``/healthz`` (writers get 503 above ``--max-backlog``),
 and the embedded broker's RSS is checked (recycled above ``--broker-max-rss-mb``). The broker
@@ -44,7 +53,7 @@ from ..app import SERVICES, create_app
 from ..broker import EmbeddedBroker
 from ..durable import SpooledSink
 from ..health import Health
-from . import http, runfile
+from . import fronts, http, runfile
 from .adapters import GoalRecommender, ScorerTrainer
 from .ledger import Ledger, lag
 from .lifecycle import Process, wait_until
@@ -83,7 +92,13 @@ class Stack(Process):
         self.token = secrets.token_urlsafe(32)
         logsafe.add_secrets(self.token)  # the per-run token is a secret like any configured one
         self._recycling = asyncio.Lock()
-        self.blocked: str | None = None  # why writers get 503 right now (broker restarting ...)
+        self.fronts: fronts.Fronts | None = None  # the HTTP front processes (--gateway-processes > 0)
+        self.recommender: GoalRecommender | None = None
+        self.trainer: ScorerTrainer | None = None
+        self._draining = False  # the fronts' writes are refused here too (one may not have heard yet)
+        self._publishing = 0  # the fronts' publishes being made durable right now
+        self._blocked: str | None = None  # why writers get 503 right now (broker restarting ...)
+        self._admitted: tuple[str, int | None] | None = None  # the admission state the fronts have
         self._broker_died = asyncio.Event()
         self._watch: asyncio.Task | None = None
         self._starting: asyncio.Task | None = None  # processors starting after a broker restart
@@ -109,6 +124,28 @@ class Stack(Process):
         if isinstance(self.sink, RecordProducer):
             return lag(self.sink.acked, self.processors.progress if self.processors else None)
         return 0
+
+    @property
+    def blocked(self) -> str | None:
+        return self._blocked
+
+    @blocked.setter
+    def blocked(self, reason: str | None) -> None:
+        # The fronts answer from their copy of the admission state: they hear of a change at once.
+        self._blocked = reason
+        self._push_admission()
+
+    def _admission_state(self) -> tuple[str, int | None] | None:
+        refusal = self.admission()
+        return None if refusal is None else (refusal.message, refusal.retry_after)
+
+    def _push_admission(self, *, always: bool = False) -> None:
+        if self.fronts is None:
+            return
+        state = self._admission_state()
+        if always or state != self._admitted:
+            self._admitted = state
+            self.fronts.push("admission", state)
 
     def admission(self) -> errors.GatewayError | None:
         if self.blocked is not None:
@@ -158,7 +195,92 @@ class Stack(Process):
 
     def _write_run_file(self) -> None:
         runfile.write(self.settings.data_dir, url=self.url, token=self.token, kafka=self.bootstrap,
-                      broker_pid=self.broker.pid if self.broker else None)
+                      broker_pid=self.broker.pid if self.broker else None,
+                      front_pids=self.fronts.pids if self.fronts is not None else None)
+
+    # -- the HTTP fronts (--gateway-processes N): the gateway's work off this loop -----------
+
+    async def _start_fronts(self) -> list[str]:
+        """The record sink started here (the spool re-sends what it holds), then the fronts;
+        stopped the other way round: the sink outlives every front's last publish."""
+        s = self.settings
+        assert self.sink is not None and self.warehouse is not None
+        sink = self.sink
+        self.stops.push("the record sink", sink.stop, http.STOP_TIMEOUT_S - http.SHUTDOWN_TIMEOUT_S)
+        await sink.start()
+        # In-process, the app probes ClickHouse for /healthz; here the fronts ask the stack's report.
+        self.health.add_probe("clickhouse", self.warehouse.ping)
+        self.fronts = fronts.Fronts(s, self.config, self.token, handler=self._front_call, admission=self._admission_state,
+                                    restarted=self._write_run_file)
+        self.stops.push("the HTTP fronts", self.fronts.stop, fronts.STOP_TIMEOUT_S)
+        urls = await self.fronts.start()
+        self.health.set("gateway", "up")
+        return urls
+
+    async def _front_call(self, method: str, args: tuple) -> object:
+        """One call of an HTTP front, answered with this process's parts (remote.py is the other side)."""
+        if method == "publish":
+            return await self._publish_encoded(*args)
+        assert self.warehouse is not None
+        if method == "rows":
+            return await self.warehouse.rows(*args)
+        if method == "ping":
+            return await self.warehouse.ping()
+        if method == "admin":
+            return await self.warehouse.admin(*args)
+        if method == "recommend":
+            assert self.recommender is not None
+            return await self.recommender.recommend(*args)
+        if method == "train":
+            assert self.trainer is not None
+            return await self.trainer(*args)
+        if method == "health":
+            await self.health.probe()
+            if self.fronts is not None:
+                self.health.detail("fronts", self.fronts.stats())
+            return self.health.states(), dict(self.health.details)
+        raise ValueError(f"an HTTP front asked for {method!r}, which the stack does not answer")
+
+    async def _publish_encoded(self, entries: list) -> None:
+        """A front's encoded records, durable when this returns (the front answers 2xx then).
+        Admission is checked again here: a front's copy of it may be a tick old."""
+        if self._draining:
+            raise errors.Unavailable("the gateway is draining; retry shortly", retry_after=5)
+        if (refusal := self.admission()) is not None:
+            raise refusal
+        self._publishing += 1
+        try:
+            if isinstance(self.sink, SpooledSink):
+                await self.sink.publish_encoded(entries)
+            elif self.sink is not None:
+                await self.sink.send_encoded(entries)
+            else:
+                raise errors.Unavailable("the gateway is not started; retry shortly", retry_after=5)
+        finally:
+            self._publishing -= 1
+
+    async def _writes_idle(self) -> None:
+        """Until no write is in flight: in-process publishes, and the fronts' being made durable."""
+        if self.server is not None:
+            await self.server.app[SERVICES].wait_idle()
+        while self._publishing:
+            await asyncio.sleep(0.01)
+
+    def _stop_writes(self) -> None:
+        """From now on every write is answered 503 + Retry-After (the drain)."""
+        self._draining = True
+        if self.server is not None:
+            self.server.app[SERVICES].draining = True
+        if self.fronts is not None:
+            self.fronts.drain()
+        self.health.set("gateway", "draining")
+
+    async def _close_gateway(self) -> None:
+        if self.server is not None:
+            await self.stops.run("the gateway", self.server.stop, http.STOP_TIMEOUT_S)
+        if self.fronts is not None:
+            await self.stops.run("the HTTP fronts", self.fronts.stop, fronts.STOP_TIMEOUT_S)
+            self.health.set("gateway", "stopped")
 
     async def _start_processors(self) -> None:
         loop = asyncio.get_running_loop()
@@ -234,15 +356,18 @@ class Stack(Process):
             self.sink = SpooledSink(s.data_dir / "spool", self._make_producer)
         else:
             self.sink = self._make_producer()
-        app = create_app(
-            s, self.config, warehouse=self.warehouse, health=self.health, local_token=self.token,
-            producer=self.sink, admission=self.admission,
-            trainer=ScorerTrainer(lambda: self.processors),
-            recommender=GoalRecommender(self.warehouse, self.config, self.models),
-        )
-        self.server = http.Http(app, s)
-        self.stops.push("the gateway", self.server.stop, http.STOP_TIMEOUT_S)
-        urls = await self.server.start()  # starts the sink: the spool re-sends what it holds
+        self.trainer = ScorerTrainer(lambda: self.processors)
+        self.recommender = GoalRecommender(self.warehouse, self.config, self.models)
+        if s.gateway_processes:
+            urls = await self._start_fronts()
+        else:
+            app = create_app(
+                s, self.config, warehouse=self.warehouse, health=self.health, local_token=self.token,
+                producer=self.sink, admission=self.admission, trainer=self.trainer, recommender=self.recommender,
+            )
+            self.server = http.Http(app, s)
+            self.stops.push("the gateway", self.server.stop, http.STOP_TIMEOUT_S)
+            urls = await self.server.start()  # starts the sink: the spool re-sends what it holds
         if isinstance(self.sink, SpooledSink):
             self.ledger = Ledger(self.sink, lambda: self.processors, lambda: self.dispatcher)
         self.url = urls[0]
@@ -279,6 +404,7 @@ class Stack(Process):
         if isinstance(self.sink, SpooledSink):
             detail["spool"] = self.sink.spool.stats()
         self.health.detail("backlog", detail)
+        self._push_admission(always=True)  # every tick: a front started meanwhile, a backlog that moved
 
     # -- the broker's death, and its recycling ---------------------------------------------
 
@@ -347,16 +473,15 @@ class Stack(Process):
         broker again; without it, the processors drain the old broker first."""
         async with self._recycling:
             t0 = asyncio.get_running_loop().time()
-            services = self.server.app[SERVICES]
             self.blocked = "the pipeline's broker is being recycled; retry shortly"
             self.health.set("broker", "recycling")
             try:
-                await bounded("requests in flight", services.wait_idle, http.SHUTDOWN_TIMEOUT_S, logger=log)
+                await bounded("requests in flight", self._writes_idle, http.SHUTDOWN_TIMEOUT_S, logger=log)
                 if isinstance(self.sink, SpooledSink):
                     await bounded("sending the spool", self.sink.flush, 5.0, logger=log)
                     await self.sink.pause()
                 else:
-                    await services.producer.flush()
+                    await self.sink.flush()
                     await self._drain_processors()
                 await self._stop_consumers()
                 if not await self._restart_broker():
@@ -375,13 +500,11 @@ class Stack(Process):
     # -- the drain ----------------------------------------------------------------------------
 
     async def drain(self) -> None:
-        if self.server is None:
+        if self.server is None and self.fronts is None:
             return
-        services = self.server.app[SERVICES]
         # The port stays open: new writes get 503 + Retry-After until the drain has ended.
-        services.draining = True
-        self.health.set("gateway", "draining")
-        await self.stops.run("finishing requests in flight", services.wait_idle, http.SHUTDOWN_TIMEOUT_S)
+        self._stop_writes()
+        await self.stops.run("finishing requests in flight", self._writes_idle, http.SHUTDOWN_TIMEOUT_S)
         broker_up = self.broker is None or self.broker.running
         if self._starting is not None and broker_up:
             await bounded("starting the processors", asyncio.shield(self._starting), 30.0, logger=log)
@@ -390,9 +513,9 @@ class Stack(Process):
                 self.stops.failed.append("draining")
         elif self.broker is not None and self.broker.running:
             # An external Kafka keeps what is not stored yet; the embedded broker does not.
-            await self.stops.run("flushing the producer", services.producer.flush, 30.0)
+            await self.stops.run("flushing the producer", self.sink.flush, 30.0)
             await self.stops.run("draining the processors", self._drain_processors, self._drain_bound())
-        await self.stops.run("the gateway", self.server.stop, http.STOP_TIMEOUT_S)
+        await self._close_gateway()
         log.debug("gateway stopped")
 
     async def _drain_spool(self) -> bool:

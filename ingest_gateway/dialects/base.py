@@ -89,7 +89,8 @@ class Services:
         letter = model.dead_letter(reason=reason[:1000], stage=f"gateway:{dialect}", key=None, value=raw[:MAX_DEAD_LETTER_BYTES], headers=headers)
         try:
             await self.producer.publish([letter])
-        except (KafkaUnavailable, RecordTooLarge):
+        except (KafkaUnavailable, RecordTooLarge, errors.GatewayError):
+            # GatewayError: an HTTP front's stack refused it (draining, backlog full): still best effort.
             log.error("could not dead-letter a refused %s request: %s", dialect, reason[:200])
 
     async def wait_idle(self) -> None:

@@ -355,6 +355,10 @@ class Load:
         self.started = time.monotonic()
         connector = aiohttp.TCPConnector(limit=self.concurrency)
         async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=self.timeout)) as self.session:
+            # aiohttp sends an idempotent request (trigger.ly's GETs) a second time, unseen, when
+            # the server closed a reused connection under it (a front killed mid-request): the
+            # ledger must see every send it counts copies of. No public switch exists for it.
+            self.session._retry_connection = False
             workers = [asyncio.create_task(self._worker()) for _ in range(self.concurrency)]
             ended = asyncio.create_task(self._ended())
             await ended

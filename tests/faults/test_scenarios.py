@@ -9,6 +9,8 @@ nothing is duplicated under FINAL, no 5xx but 503, and every 503 carries Retry-A
 - baseline: the mixed load and nothing else.
 - broker-sigkill: SIGKILL of the tansu child mid-load; /healthz must say so within 1 s,
   the stack must stay up (same pid) and writers get 2xx again within 15 s.
+- front-sigkill: two HTTP fronts, one SIGKILLed mid-load; the other keeps answering 2xx, the
+  stack restarts the dead one, and nothing acknowledged is lost.
 - powercut-backlog: a batch burst until /healthz reports a backlog of 30,000 unstored
   records, then SIGKILL of the process group and the broker; restart on the same data dir.
 - sigterm-drain: SIGTERM mid-burst; the port answers 503 + Retry-After until the drain
@@ -218,6 +220,50 @@ def test_broker_sigkill_mid_load(stacks):
     if recovery is None or recovery > RECOVER_WITHIN_S:
         failures.append(f"writers got 2xx again after {'never' if recovery is None else f'{recovery:.1f} s'} (limit {RECOVER_WITHIN_S:.0f} s)")
     verdict(finish("broker-sigkill", stack, ledger, t0, notes, failures, recovery))
+
+
+# -- a2. SIGKILL of an HTTP front mid-load ---------------------------------------------------
+
+
+def test_front_sigkill_mid_load(stacks):
+    """Two fronts; one is SIGKILLed 4 s into the mixed load. What it had in flight was never
+    acknowledged; the other front keeps serving, the stack restarts the dead one, and every
+    2xx is stored."""
+    t0 = time.monotonic()
+    stack = stacks(extra_args=["--gateway-processes", "2"])
+    ledger = Ledger(new_run())
+    fault: dict = {}
+
+    async def scenario() -> None:
+        load = Load(stack.url, Mix(ledger.run, Mix.MIXED), ledger, seconds=14)
+        task = asyncio.create_task(load.run())
+        await asyncio.sleep(4.0)
+        fault["pids"] = stack.run_info().get("front_pids") or []
+        assert len(fault["pids"]) == 2, f"the run file names {fault['pids']} as the fronts"
+        fault["t"] = time.monotonic()
+        os.kill(fault["pids"][0], signal.SIGKILL)
+        await task
+
+    asyncio.run(scenario())
+    t_kill = fault["t"]
+    notes, failures = [], []
+    after = ledger.writes(since=t_kill)
+    in_flight = [a for a in ledger.answers if a.status is None and a.started < t_kill <= a.ended]
+    ok_soon = [a for a in after if a.status is not None and 200 <= a.status < 300 and a.ended < t_kill + 2.0]
+    now = stack.run_info().get("front_pids") or []
+    notes.append(f"SIGKILL of front pid {fault['pids'][0]} 4 s into the load (fronts {fault['pids']}); fronts now {now}")
+    notes.append(f"writers after the kill: {statuses(ledger, since=t_kill)}; {len(in_flight)} in flight at the kill went unanswered; "
+                 f"{len(ok_soon)} 2xx within 2 s of it")
+    if not stack.running():
+        failures.append(f"goalstream up did not survive a front's death ({exit_text(stack.proc.returncode)})")
+    if fault["pids"][0] in now or len(now) != 2:
+        failures.append(f"the killed front was not replaced (fronts now {now})")
+    if not ok_soon:
+        failures.append("no 2xx within 2 s of the kill: the other front did not keep serving")
+    stored_s, complete = wait_stored(stack, ledger, timeout=60)
+    notes.append(f"everything acknowledged stored {stored_s:.1f} s after the load" if complete
+                 else f"not everything acknowledged stored after {stored_s:.0f} s")
+    verdict(finish("front-sigkill", stack, ledger, t0, notes, failures, ledger.recovery(t_kill)))
 
 
 # -- b. SIGKILL of the process group and the broker with a backlog, restart ----------------

@@ -206,3 +206,37 @@ def test_embedded_broker_is_recycled_without_loss(tmp_path):
     finally:
         s.terminate(120)
         s.kill()
+
+
+def _gone(pid: int) -> bool:
+    """Exited (a zombie, dead and not yet reaped by whoever adopted it, counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+def _refused(port: int) -> bool:
+    import socket
+
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) != 0
+
+
+def test_fronts_exit_when_the_stack_is_killed(tmp_path):
+    """SIGKILL of the stack process: its HTTP fronts see their connection close and exit at
+    once, so nothing keeps the port of a stack that is gone."""
+    s = StackProcess(tmp_path / "orphans", ["--gateway-processes", "2"]).start()
+    try:
+        info = json.loads((s.workdir / "var" / "run" / "stack.json").read_text())
+        fronts = info["front_pids"]
+        assert len(fronts) == 2 and s.lines[0] == f"goalstream ready {s.url}"
+        s.proc.kill()
+        s.proc.wait(10)
+        t0 = time.monotonic()
+        wait_for(lambda: all(_gone(p) for p in fronts), timeout=5, interval=0.05)
+        wait_for(lambda: _refused(s.port), timeout=5, interval=0.05)
+        print(f"fronts {fronts} gone and the port closed {time.monotonic() - t0:.2f} s after the stack's SIGKILL")
+    finally:
+        s.kill()
