@@ -49,7 +49,8 @@ def test_a_broker_that_cannot_be_restarted_ends_the_stack_non_zero_within_10s_an
 
 def test_a_drain_that_cannot_finish_keeps_the_rest_in_the_spool_says_so_and_exits_1(tmp_path):
     workdir = tmp_path / "drain"
-    env = {"GOALSTREAM_DRAIN_TIMEOUT_S": "0.5"}
+    # Processors storing 100 records per insert: the drain cannot be over in 0.5 s.
+    env = {"GOALSTREAM_DRAIN_TIMEOUT_S": "0.5", "GOALSTREAM_BATCH_MAX": "100"}
     s = StackProcess(workdir, env=env).start()
     acked = 0
 
