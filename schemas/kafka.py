@@ -222,52 +222,15 @@ class RecordProducer:
         acknowledgement; returns the highest acknowledged offset per (topic, partition)."""
         if self._producer is None:
             raise KafkaUnavailable("producer is not running")
+        send = self._producer.send
         try:
-            return await asyncio.wait_for(self._send_batches(entries), self.timeout_s)
+            futures = [await send(topic, value, key=key, headers=list(headers)) for topic, key, value, headers in entries]
+            return self._note(await asyncio.wait_for(asyncio.gather(*futures), self.timeout_s))
         except MessageSizeTooLargeError as exc:
             # The broker's own limit (message.max.bytes) is lower than ours: as permanent.
             raise RecordTooLarge(f"the broker refused a record as too large: {exc!r}") from exc
         except (KafkaError, asyncio.TimeoutError) as exc:
             raise KafkaUnavailable(f"broker did not acknowledge: {exc!r}") from exc
-
-    async def _send_batches(self, entries: Sequence[tuple[str, bytes | None, bytes, Sequence[tuple[str, bytes]]]]) -> dict[tuple[str, int], int]:
-        """One record batch per partition (aiokafka's ``create_batch``/``send_batch``) instead of
-        a ``send`` per record: per record only an append (``send`` looked up metadata and made a
-        future for each: ~20% of the stack's loop at load). Partitions are chosen by the
-        producer's own partitioner on the key, so a customer's records land where ``send``
-        would put them, in order (aiokafka sends one batch per partition at a time)."""
-        producer = self._producer
-        assert producer is not None
-        partitions: dict[str, list[int]] = {}
-        open_: dict[tuple[str, int], Any] = {}
-        sent: list[tuple[Any, Any]] = []  # (future, batch) in send order
-        for topic, key, value, headers in entries:
-            parts = partitions.get(topic)
-            if parts is None:
-                parts = partitions[topic] = sorted(await producer.partitions_for(topic))
-            partition = producer._partitioner(key, parts, parts)
-            tp = (topic, partition)
-            batch = open_.get(tp)
-            if batch is None:
-                batch = open_[tp] = producer.create_batch()
-            if batch.append(key=key, value=value, timestamp=None, headers=list(headers)) is None:
-                if batch.record_count():
-                    fut = await producer.send_batch(batch, topic, partition=partition)
-                    sent.append((fut, batch.record_count()))
-                batch = open_[tp] = producer.create_batch()
-                if batch.append(key=key, value=value, timestamp=None, headers=list(headers)) is None:
-                    # Larger than a batch by itself: the broker decides whether it fits.
-                    del open_[tp]
-                    fut = await producer.send(topic, value, key=key, partition=partition, headers=list(headers))
-                    sent.append((fut, 1))
-        for (topic, partition), batch in open_.items():
-            if batch.record_count():
-                sent.append((await producer.send_batch(batch, topic, partition=partition), batch.record_count()))
-        done = await asyncio.gather(*(f for f, _ in sent))
-        # A batch's metadata carries its base offset: its last record is base + count - 1
-        # (a single ``send`` carries its own offset).
-        last = [md._replace(offset=md.offset + n - 1) for md, (_, n) in zip(done, sent)]
-        return self._note(last)
 
     async def send_raw(self, topic: str, value: bytes | None, key: bytes | None, headers: Sequence[tuple[str, bytes]]) -> None:
         if self._producer is None:
