@@ -44,35 +44,6 @@ class _Sent:
         fut.set_result(RecordMetadata(topic, 0, None, len(self.sent) - 1, -1, None, 0))  # acked at the next offset
         return fut
 
-    # The batch API RecordProducer.send_encoded uses: one partition, every record appended.
-    async def partitions_for(self, topic):
-        return {0}
-
-    def _partitioner(self, key, all_partitions, available):
-        return 0
-
-    def create_batch(self):
-        return _Batch()
-
-    async def send_batch(self, batch, topic, *, partition):
-        first = len(self.sent)
-        self.sent.extend((topic, value, key, headers) for key, value, headers in batch.records)
-        fut = asyncio.get_running_loop().create_future()
-        fut.set_result(RecordMetadata(topic, 0, None, first, -1, None, 0))  # a batch's base offset
-        return fut
-
-
-class _Batch:
-    def __init__(self) -> None:
-        self.records: list = []
-
-    def append(self, *, key, value, timestamp, headers):
-        self.records.append((key, value, headers))
-        return True
-
-    def record_count(self) -> int:
-        return len(self.records)
-
 
 class Producer(RecordProducer):
     def __init__(self) -> None:
