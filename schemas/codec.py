@@ -100,11 +100,15 @@ def decode(value: bytes, headers: Iterable[tuple[str, bytes]], *, logical: bool 
 
     ``logical=False``: logical types are left as their Avro values (timestamps as int ms)."""
     schema = schema_of(headers)
+    return schema.name, decode_as(schema, value, logical=logical)
+
+
+def decode_as(schema: Schema, value: bytes, *, logical: bool = True) -> dict[str, Any]:
+    """Decode ``value`` with ``schema`` (the writer's, already read from the headers)."""
     try:
-        record = fastavro.schemaless_reader(io.BytesIO(value), schema.parsed if logical else schema.plain, None)
+        return fastavro.schemaless_reader(io.BytesIO(value), schema.parsed if logical else schema.plain, None)
     except Exception as exc:  # fastavro raises several types for corrupt bytes
         raise SchemaError(f"cannot decode {schema.name} v{schema.version}: {exc}") from exc
-    return schema.name, record
 
 
 # -- pass-through to ClickHouse ---------------------------------------------------------------

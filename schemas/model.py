@@ -34,6 +34,15 @@ def partition_key(workspace: str, customer_id: str) -> bytes:
     return f"{workspace}:{customer_id}".encode()
 
 
+def key_parts(key: bytes | None) -> tuple[str, str] | None:
+    """``partition_key`` read back: (workspace, customer_id), or None for a key not of that
+    shape. Workspace names have no ``:`` (config), so the first one separates them."""
+    if not key:
+        return None
+    workspace, sep, customer_id = key.decode("utf-8", "replace").partition(":")
+    return (workspace, customer_id) if sep else None
+
+
 def now_ms() -> int:
     """Wall-clock milliseconds: the one clock of received_at, failed_at and scoring times."""
     return time.time_ns() // 1_000_000

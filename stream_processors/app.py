@@ -153,6 +153,11 @@ class Processors:
         self._scoring_lane: Warehouse | None = None
         self.app = self._make_app()
 
+    @property
+    def hosted(self) -> list[Any]:
+        """The services the faust worker hosts: the bulk sinks, and the scoring stage if any."""
+        return [*self.services, *([self.stage] if self.stage is not None else [])]
+
     def _source(self, group: str, names: list[str], **kwargs: Any) -> KafkaBatches:
         s = self.settings
         return KafkaBatches(
@@ -203,8 +208,7 @@ class Processors:
         await self.app.start()
         # Hosted in the faust worker: started now, stopped with it. The consumers join their
         # groups concurrently (each join waits up to the rebalance timeout).
-        hosted = [*self.services, *([self.stage] if self.stage is not None else [])]
-        await asyncio.gather(*(self.app.add_runtime_dependency(svc) for svc in hosted))
+        await asyncio.gather(*(self.app.add_runtime_dependency(svc) for svc in self.hosted))
         await self.scorer.start()
 
     async def stop(self, timeout: float = 30.0, *, broker_gone: bool = False) -> None:
@@ -213,7 +217,7 @@ class Processors:
         ``broker_gone``: every loop is cancelled at once, before any stop that may overrun,
         so a consumer left behind never handles anything from the next broker."""
         if broker_gone:
-            for svc in [*self.services, *([self.stage] if self.stage is not None else [])]:
+            for svc in self.hosted:
                 svc.halt()
         await self.scorer.stop()
         # Bounded: with the broker gone, a consumer leaving its group could wait forever.

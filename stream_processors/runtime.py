@@ -250,15 +250,12 @@ class BatchRuntime:
         return schema
 
     def _decode(self, message: Any) -> Item:
-        if message.value is None:
-            raise BadRecord("message has no value")
+        schema = self._schema(message)
         try:
-            schema, record = codec.decode(message.value, headers_of(message), logical=self.logical)
+            record = codec.decode_as(schema, message.value, logical=self.logical)
         except codec.SchemaError as exc:
             raise BadRecord(str(exc)) from None
-        if schema not in self.expected:
-            raise BadRecord(f"{schema} does not belong on {message.topic}")
-        return Item(message, schema, record)
+        return Item(message, schema.name, record)
 
     async def _store(self, items: list[Item]) -> None:
         """Store until it works. A ClickHouse that is down is waited for, however long;

@@ -87,25 +87,31 @@ class EventsSink:
         self.dedup_window = dedup_window
         self.seen = RecentIds(dedup_window)  # recent (workspace, message_id)
 
-    async def write(self, batch: Sequence[Item]) -> None:
-        # A client that resends (same Segment messageId, Customer.io event id) gets its
-        # event stored once: ids seen recently or twice in this batch are skipped.
+    def _unseen(self, keyed: Iterable[tuple[tuple[str, str], Any]]) -> tuple[list[Any], dict[tuple[str, str], None]]:
+        """A client that resends (same Segment messageId, Customer.io event id) gets its event
+        stored once: of (``(workspace, message_id)``, payload) pairs, the payloads whose ids were
+        not seen recently nor earlier in this batch, and those ids (``_remember`` them once stored)."""
         seen, fresh, kept = self.seen, {}, []
-        for item in batch:
-            r = item.record
-            k = (r["workspace"], r["message_id"])
+        for k, payload in keyed:
             if k in seen or k in fresh:
                 continue
             fresh[k] = None
-            kept.append(r)
+            kept.append(payload)
+        return kept, fresh
+
+    def _remember(self, fresh: dict[tuple[str, str], None]) -> None:
+        if self.dedup_window:
+            self.seen.update(fresh)
+
+    async def write(self, batch: Sequence[Item]) -> None:
+        kept, fresh = self._unseen(((i.record["workspace"], i.record["message_id"]), i.record) for i in batch)
         # The token covers the whole batch, so a replay of it is recognised however it filters.
         token = batch_token("events", [i.message for i in batch], (i.record["message_id"] for i in batch))
         if kept:
             # Column by column (no transposition in the client); timestamps stay int ms.
             columns = [[r[c] for r in kept] for c in EVENT_COLUMNS]
             await self.warehouse.insert("events", columns, EVENT_COLUMNS, token, column_oriented=True)
-        if self.dedup_window:
-            seen.update(fresh)
+        self._remember(fresh)
 
     async def write_raw(self, batch: Sequence[tuple[Any, codec.Schema]]) -> None:
         """The same, with ClickHouse decoding the Avro (``FORMAT Avro`` over the messages'
@@ -113,23 +119,16 @@ class EventsSink:
         schema = batch[0][1]
         if any(s is not schema for _, s in batch[1:]) or not codec.leads_with_strings(schema, _LEADING):
             raise BadRecord("not one events schema leading with message_id, workspace: decode it")
-        seen, fresh, kept, ids = self.seen, {}, [], []
-        for message, _ in batch:
-            try:
-                message_id, workspace = codec.leading_strings(message.value, 2)
-            except codec.SchemaError as exc:
-                raise BadRecord(str(exc)) from None
-            ids.append(message_id)
-            k = (workspace, message_id)
-            if k in seen or k in fresh:
-                continue
-            fresh[k] = None
-            kept.append(message.value)
-        token = batch_token("events", [m for m, _ in batch], ids)  # what ``write`` derives for the same batch
+        try:
+            leading = [(codec.leading_strings(m.value, 2), m.value) for m, _ in batch]
+        except codec.SchemaError as exc:
+            raise BadRecord(str(exc)) from None
+        kept, fresh = self._unseen(((workspace, message_id), value) for (message_id, workspace), value in leading)
+        # What ``write`` derives for the same batch.
+        token = batch_token("events", [m for m, _ in batch], (message_id for (message_id, _), _ in leading))
         if kept:
             await self.warehouse.insert_avro("events", codec.container(schema, kept), EVENT_COLUMNS, token)
-        if self.dedup_window:
-            seen.update(fresh)
+        self._remember(fresh)
 
 
 class CustomersSink:

@@ -123,7 +123,9 @@ class Known:
 
     def keep(self, workspace: str, groups: dict[str, set[str]], rows: dict[str, dict[str, Any]]) -> None:
         if len(self.root) > self.limit:
-            self.root.clear(), self.members.clear(), self.customer.clear()
+            self.root.clear()
+            self.members.clear()
+            self.customer.clear()
         for root, members in groups.items():
             self.members[(workspace, root)] = members
             for m in members:

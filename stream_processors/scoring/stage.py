@@ -24,6 +24,7 @@ import logging
 from collections import deque
 from typing import Any, Callable
 
+from aiokafka import TopicPartition
 from mode import Service
 
 from schemas import codec, model, topics
@@ -52,10 +53,8 @@ class _Batch:
 
 
 def _customer(key: bytes | None) -> tuple[str, str] | None:
-    if not key:
-        return None
-    workspace, sep, customer = key.decode("utf-8", "replace").partition(":")
-    return (workspace, customer) if sep and customer else None
+    parts = model.key_parts(key)
+    return parts if parts is not None and parts[1] else None
 
 
 class ScoringStage(Service):
@@ -171,7 +170,7 @@ class ScoringStage(Service):
             self.scorer.forget(by_trigger["customer"])
         for trigger, touched in by_trigger.items():
             await self.scorer.score_with_retry(touched, trigger, f"{token}/{trigger}")
-        await self.source.commit({_tp(t, p): off + 1 for (t, p), off in commits.items()})
+        await self.source.commit({TopicPartition(t, p): off + 1 for (t, p), off in commits.items()})
         for tp, off in commits.items():
             self.scored.offsets[tp] = max(off, self.scored.offsets.get(tp, -1))
         self.cycles += 1
@@ -241,12 +240,6 @@ def _merged(message: Any) -> tuple[str, str] | None:
     except codec.SchemaError:
         return None  # the customers sink dead-letters it
     return (record["workspace"], record["merged_id"]) if record.get("merged_id") else None
-
-
-def _tp(topic: str, partition: int) -> Any:
-    from aiokafka import TopicPartition
-
-    return TopicPartition(topic, partition)
 
 
 def _token(commits: dict[tuple[str, int], int]) -> str:

@@ -308,10 +308,8 @@ class Dispatcher:
         """False when the record's workspace (its key: ``workspace:customer_id``) has no
         webhook and its headers name a schema we have: nothing to deliver, and decoding it
         would be most of this loop's time. Anything else is decoded (and dead-lettered if bad)."""
-        if not key or b":" not in key:
-            return True
-        workspace = key.split(b":", 1)[0].decode("utf-8", "replace")
-        if self.hooks.get(workspace):
+        parts = model.key_parts(key)
+        if parts is None or self.hooks.get(parts[0]):
             return True
         try:
             codec.schema_of(headers.items())
