@@ -185,7 +185,7 @@ class SpooledSink:
 
     async def _send(self, producer: RecordProducer, chunk: list[Entry]) -> dict[tuple[str, int], int]:
         try:
-            return await producer.send_encoded([self._wire(e) for e in chunk])
+            return await producer.send_encoded([self._wire(e) for e in chunk], batched=True)
         except RecordTooLarge:
             pass
         # One of them is over the broker's own limit: send one by one, dead-lettering that one.

@@ -155,6 +155,8 @@ async def load_states(
             {"ws": workspace, "ids": missing},
         )
         rows_by_id = {r["customer_id"]: r for r in fetched}
+        for r in fetched:  # parsed once, kept with the row in ``known``
+            r["attrs"] = _attributes(r["attributes"])
         if known is not None:
             known.keep(workspace, {r: groups[r] for r in missing}, rows_by_id)
     if known is not None:
@@ -187,7 +189,7 @@ async def load_states(
         ") GROUP BY who, name",
         {"ws": workspace, "mids": mids, "entries": [entered[members[m]] for m in mids]},
     )
-    attributes = {r["customer_id"]: _attributes(r["attributes"]) for r in customers}
+    attributes = {r["customer_id"]: r["attrs"] for r in customers}
     states = {
         (g.name, cid): GoalState(workspace, g, cid, ent, attributes[cid]) for g in goals for cid, ent in entered.items()
     }

@@ -58,6 +58,7 @@ GROUP = "goalstream-dispatcher"
 OBJECTS = {topics.PROPENSITY: "goal-propensity-change", topics.RECOMMENDATIONS: "recommended-next-actions"}
 ENDPOINT_HEADER = "goalstream-endpoint"  # on a dead-lettered delivery: replay only to this endpoint
 REPLAY_HEADER = "goalstream-replay"
+PASS_OVER_S = 1.0  # with no webhook configured, how often the group's offsets move to the ends
 USER_AGENT = "traitly"  # the seed's User-Agent for both webhook objects
 MAX_RESPONSE_BYTES = 64 * 1024
 DELIVERY_COLUMNS = (
@@ -268,10 +269,11 @@ class Dispatcher:
             await stop_within("the dispatcher's ClickHouse client", lane.close(), min(10.0, timeout))
 
     def caught_up(self, ends: dict[tuple[str, int], int]) -> bool:
-        return self.progress.caught_up(ends)
+        # With no webhook configured nothing will ever be delivered: nothing to wait for.
+        return not self.hooks or self.progress.caught_up(ends)
 
     async def wait_caught_up(self, ends: dict[tuple[str, int], int], timeout: float) -> bool:
-        return await self.progress.wait_caught_up(ends, timeout)
+        return not self.hooks or await self.progress.wait_caught_up(ends, timeout)
 
     # -- consuming ---------------------------------------------------------------------
 
@@ -285,6 +287,9 @@ class Dispatcher:
 
     async def _consume_batch(self) -> None:
         assert self.consumer is not None
+        if not self.hooks:
+            await self._pass_over()
+            return
         batch = await self.consumer.getmany(timeout_ms=500, max_records=1000)
         if not batch:
             return
@@ -293,6 +298,24 @@ class Dispatcher:
         # Only now, with every delivery stored, do the offsets move on.
         await self.consumer.commit({tp: msgs[-1].offset + 1 for tp, msgs in batch.items() if msgs})
         self.progress.advance(messages)
+
+    async def _pass_over(self) -> None:
+        """No webhook is configured (the config is fixed for the process's life): nothing on
+        the topics can be delivered, so nothing is fetched or decoded (at 5k scored customers
+        a second that was 10k records/s, ~14% of the embedded stack's loop). The group's
+        offsets still move to the topics' ends, so a webhook configured later starts from
+        then, as it would have had every record been read and passed over."""
+        assert self.consumer is not None
+        await asyncio.sleep(PASS_OVER_S)
+        tps = list(self.consumer.assignment())
+        if not tps:
+            return
+        ends = {tp: off for tp, off in (await self.consumer.end_offsets(tps)).items() if off > 0}
+        if ends:
+            await self.consumer.commit(ends)
+            for tp, off in ends.items():
+                key = (tp.topic, tp.partition)
+                self.progress.offsets[key] = max(off - 1, self.progress.offsets.get(key, -1))
 
     async def _rewind(self) -> None:
         """After a failed batch, start again from the last committed offsets (nothing skipped)."""

@@ -1086,6 +1086,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help=f"drain: rounds of (no goals, goal) (default {drain.DRAIN_ROUNDS})")
     ap.add_argument("--latency-rounds", type=int, default=LAT_ROUNDS, dest="latency_rounds",
                     help=f"end to end: rounds of ({', '.join(LAT_MODES)}), one stack each (default {LAT_ROUNDS})")
+    ap.add_argument("--latency-modes", default=",".join(LAT_MODES), dest="latency_modes",
+                    help="end to end: which modes, comma-separated (default: both; to profile one)")
     ap.add_argument("--slow-events", type=int, default=LATENCY_EVENTS, dest="slow_events",
                     help=f"end to end: single events at {LATENCY_RATE:g}/s (default {LATENCY_EVENTS})")
     ap.add_argument("--fast-seconds", type=float, default=FAST_SECONDS, dest="fast_seconds",
@@ -1098,6 +1100,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         ap.error("rounds must be at least 1")
     if args.fast_seconds <= FAST_WARMUP_S:
         ap.error(f"--fast-seconds must be more than the {FAST_WARMUP_S:g} s warm-up")
+    args.latency_modes = [m for m in LAT_MODES if m in {x.strip() for x in args.latency_modes.split(",")}]
+    if not args.latency_modes:
+        ap.error(f"--latency-modes: none of {', '.join(LAT_MODES)}")
     if args.max_backlog < 0:
         args.max_backlog = None
     return args
@@ -1169,7 +1174,7 @@ def main(argv: list[str] | None = None) -> int:
         if "latency" in args.sections:
             lat_runs = []
             for rnd in range(1, args.latency_rounds + 1):
-                for mode in LAT_MODES:
+                for mode in args.latency_modes:
                     run, stack, _ = latency_run(tmp, rnd, mode, args)
                     starts[stack.name] = stack.started_in_s
                     lat_runs.append(run)

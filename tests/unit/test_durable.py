@@ -40,7 +40,7 @@ class FakeProducer:
     async def stop(self) -> None:
         self.stopped = True
 
-    async def send_encoded(self, entries):
+    async def send_encoded(self, entries, batched=False):
         if self.fail:
             raise self.fail.pop(0)
         if self.too_large is not None and any(v == self.too_large for _, _, v, _ in entries):
