@@ -32,7 +32,7 @@ DAY_MS = 86_400_000
 MAX_MERGE_DEPTH = 8
 
 
-@dataclass
+@dataclass(slots=True)
 class GoalState:
     workspace: str
     goal: Goal
@@ -273,7 +273,7 @@ async def labelled(
     return out
 
 
-@dataclass
+@dataclass(slots=True)
 class Assessment:
     """What the scorer publishes and the API answers for one customer and goal."""
 
