@@ -13,7 +13,6 @@ queues ingestion or the API behind it. ``migrate`` applies the versioned DDL fil
 from __future__ import annotations
 
 import asyncio
-import io
 import logging
 import re
 import threading
@@ -22,7 +21,6 @@ from pathlib import Path
 from typing import Any, Callable, Sequence, TypeVar
 
 import clickhouse_connect
-import fastavro
 
 DDL_DIR = Path(__file__).parent / "clickhouse"
 _DDL_FILE = re.compile(r"^(\d{4})_[\w-]+\.sql$")
@@ -42,37 +40,6 @@ class WarehouseBusy(WarehouseError):
 
 
 T = TypeVar("T")
-
-# ClickHouse column types -> the Avro type ClickHouse's Avro input reads into them.
-_AVRO_TYPES = {
-    "String": "string",
-    "LowCardinality(String)": "string",
-    "Float64": "double",
-    "Float32": "float",
-    "UInt8": "int", "UInt16": "int", "UInt32": "long", "Int8": "int", "Int16": "int", "Int32": "int",
-    "UInt64": "long", "Int64": "long",
-}
-_DATETIME64_MS = re.compile(r"^DateTime64\(3(, '[^']*')?\)$")
-
-
-def _avro_type(ch_type: str) -> Any:
-    if ch_type.startswith("Nullable(") and ch_type.endswith(")"):
-        inner = _avro_type(ch_type[len("Nullable("):-1])
-        return None if inner is None else ["null", inner]
-    if _DATETIME64_MS.match(ch_type):
-        return {"type": "long", "logicalType": "timestamp-millis"}
-    return _AVRO_TYPES.get(ch_type)
-
-
-def _avro_schema(table: str, columns: Sequence[str], types: Sequence[str]) -> Any:
-    """The parsed Avro schema of a row of ``columns``, or None if a type has no mapping."""
-    fields = []
-    for name, ch_type in zip(columns, types):
-        avro = _avro_type(ch_type)
-        if avro is None:
-            return None
-        fields.append({"name": name, "type": avro})
-    return fastavro.parse_schema({"type": "record", "name": f"{table}_row", "fields": fields})
 
 
 def migrations() -> list[tuple[int, str, list[str]]]:
@@ -128,7 +95,6 @@ class Warehouse:
         # Column types per (table, columns), read once: clickhouse-connect would otherwise run
         # a DESCRIBE before every insert (migrations run before the first insert).
         self._column_types: dict[tuple[str, tuple[str, ...]], list[str]] = {}
-        self._avro_schemas: dict[tuple[str, tuple[str, ...]], Any] = {}
 
     async def _run(self, fn, *args, _pool: ThreadPoolExecutor | None = None, **kwargs):
         loop = asyncio.get_running_loop()
@@ -231,38 +197,11 @@ class Warehouse:
         settings = {"insert_deduplication_token": dedup_token} if dedup_token else None
         await self._run(self._client.raw_insert, table, list(columns), container, settings=settings, fmt="Avro")
 
-    async def insert_rows_avro(self, table: str, rows: Sequence[Sequence[Any]], columns: Sequence[str], dedup_token: str | None = None) -> None:
-        """``insert``'s contract (timestamps as datetimes or epoch milliseconds), sent as one
-        Avro object container that ClickHouse decodes in C++: clickhouse-connect converts
-        each value in Python (a DateTime64 through datetime ticks, a string through encode),
-        ~70 us a row of a 13-column table, where fastavro takes a few. The Avro schema comes
-        from the columns' types; a type it does not map takes ``insert``."""
-        if not rows:
-            return
-        settings = {"insert_deduplication_token": dedup_token} if dedup_token else None
-        await self._run(self._insert_avro_rows, table, rows, tuple(columns), settings)
-
-    def _types(self, table: str, columns: tuple[str, ...]) -> list[str]:
+    def _insert(self, table: str, data: Sequence[Sequence[Any]], columns: tuple[str, ...], settings: Any, column_oriented: bool) -> None:
         types = self._column_types.get((table, columns))
         if types is None:
             described = {r[0]: r[1] for r in self._client.query(f"DESCRIBE TABLE {table}").result_rows}
             types = self._column_types[(table, columns)] = [described[c] for c in columns]
-        return types
-
-    def _insert_avro_rows(self, table: str, rows: Sequence[Sequence[Any]], columns: tuple[str, ...], settings: Any) -> None:
-        key = (table, columns)
-        if key not in self._avro_schemas:
-            self._avro_schemas[key] = _avro_schema(table, columns, self._types(table, columns))
-        schema = self._avro_schemas[key]
-        if schema is None:
-            self._insert(table, rows, columns, settings, False)
-            return
-        buf = io.BytesIO()
-        fastavro.writer(buf, schema, [dict(zip(columns, r)) for r in rows], codec="null")
-        self._client.raw_insert(table, list(columns), buf.getvalue(), settings=settings, fmt="Avro")
-
-    def _insert(self, table: str, data: Sequence[Sequence[Any]], columns: tuple[str, ...], settings: Any, column_oriented: bool) -> None:
-        types = self._types(table, columns)
         self._client.insert(
             table, data, column_names=list(columns), column_type_names=types, settings=settings, column_oriented=column_oriented
         )

@@ -191,9 +191,7 @@ class Scorer:
                 for start in range(0, len(ordered), chunk):
                     await self._score_chunk(workspace, ordered[start : start + chunk], trigger, f"{token}/{start}", rows)
                 tok = _token(token, workspace, trigger)
-                # As Avro: per row a few us, where clickhouse-connect's own conversion took
-                # ~100 us a customer across the three tables (holding the loop's GIL).
-                insert = self.warehouse.insert_rows_avro
+                insert = self.warehouse.insert
                 if rows.scores:
                     await insert("propensity_scores", rows.scores, SCORE_COLUMNS, f"scores-{tok}")
                 if rows.statuses:
@@ -243,7 +241,8 @@ class Scorer:
                     workspace, s.goal.name, s.customer_id, now, a.likelihood, prev, 1 if publish else 0,
                     a.status, a.model_version, a.model_kind, trigger, orjson.dumps(a.drivers).decode(), mid,
                 ])
-            # Timestamps as epoch ms: insert_rows_avro takes them as they are.
+            # Timestamps as epoch ms: clickhouse-connect writes ints to a DateTime64(3) as its
+            # ticks, with no datetime made and taken apart per value.
             status = (a.status, s.entered_at_ms, s.window_end_ms, s.reached_at_ms, str(s.attributes.get("plan") or ""))
             if self.written.get(key) != status:
                 statuses.append([workspace, s.goal.name, s.customer_id, *status, now, version])

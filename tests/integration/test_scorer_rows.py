@@ -1,54 +1,9 @@
-"""``Warehouse.insert_rows_avro``: rows sent as one Avro container land as ``insert`` would
-store them (timestamps as datetimes or epoch ms, nulls, low-cardinality strings), a type
-without an Avro mapping takes ``insert``, and the dedup token still makes a repeat a no-op."""
+"""The scorer's rows in ClickHouse: goal_status and goal_aggregates rows are written only
+when they change and read back whole; timestamps go in as epoch ms and come back exact."""
 
 from __future__ import annotations
 
 import uuid
-from datetime import datetime, timezone
-
-from schemas.warehouse import _avro_type
-
-COLUMNS = ("workspace", "goal", "customer_id", "status", "entered_at", "window_end", "reached_at", "plan", "updated_at", "version")
-
-
-def test_column_types_map_to_what_clickhouse_reads_from_avro():
-    assert _avro_type("LowCardinality(String)") == "string"
-    assert _avro_type("DateTime64(3, 'UTC')") == {"type": "long", "logicalType": "timestamp-millis"}
-    assert _avro_type("Nullable(DateTime64(3, 'UTC'))") == ["null", {"type": "long", "logicalType": "timestamp-millis"}]
-    assert _avro_type("UInt32") == "long"  # above Avro int's range
-    assert _avro_type("Nullable(Float64)") == ["null", "double"]
-    assert _avro_type("Array(String)") is None
-    assert _avro_type("DateTime64(6, 'UTC')") is None  # not milliseconds
-
-
-async def test_rows_land_as_insert_stores_them_and_a_repeat_is_a_no_op(warehouse):
-    ws = f"avro-{uuid.uuid4().hex[:8]}"
-    ms = 1_764_650_000_123
-    rows = [
-        [ws, "g", "a", "active", ms, ms + 1000, None, "Pro", ms, 7],
-        [ws, "g", "b", "reached", datetime.fromtimestamp(ms / 1000, tz=timezone.utc), ms, ms + 5, "", ms, 8],
-    ]
-    for _ in range(2):
-        await warehouse.insert_rows_avro("goal_status", rows, COLUMNS, f"tok-{ws}")
-    got = await warehouse.rows(
-        "SELECT customer_id, status, toUnixTimestamp64Milli(entered_at) AS e, toUnixTimestamp64Milli(reached_at) AS r, plan, version FROM goal_status "
-        "WHERE workspace = {ws:String} ORDER BY customer_id",
-        {"ws": ws},
-    )
-    assert [(r["customer_id"], r["status"], r["e"], r["plan"], r["version"]) for r in got] == [
-        ("a", "active", ms, "Pro", 7), ("b", "reached", ms, "", 8)]
-    assert got[0]["r"] is None and got[1]["r"] == ms + 5
-
-
-async def test_a_table_with_a_type_avro_does_not_map_takes_insert(warehouse):
-    name = f"avro_fallback_{uuid.uuid4().hex[:8]}"
-    await warehouse.command(f"CREATE TABLE {name} (k String, tags Array(String)) ENGINE = MergeTree ORDER BY k")
-    await warehouse.insert_rows_avro(name, [["x", ["a", "b"]]], ("k", "tags"))
-    assert await warehouse.rows(f"SELECT k, tags FROM {name}") == [{"k": "x", "tags": ["a", "b"]}]
-
-
-# -- the scorer writes goal_status / goal_aggregates rows only when they change ---------------
 
 GOAL_CONFIG = """
 [[workspaces]]
@@ -114,5 +69,8 @@ async def test_the_scorer_rewrites_only_the_rows_that_changed_and_they_read_back
         "SELECT event_name, window_count, total_count FROM goal_aggregates FINAL WHERE workspace = {ws:String} ORDER BY event_name",
         {"ws": ws})
     assert [(r["event_name"], r["window_count"], r["total_count"]) for r in current] == [("invite", 2, 2), ("login", 1, 1)]
-    status = await warehouse.rows("SELECT status, plan FROM goal_customers WHERE workspace = {ws:String}", {"ws": ws})
-    assert status == [{"status": "active", "plan": "Pro"}]
+    status = await warehouse.rows(
+        "SELECT g.status AS status, g.plan AS plan, toUnixTimestamp64Milli(g.entered_at) = toUnixTimestamp64Milli(c.created_at) AS exact "
+        "FROM goal_customers AS g JOIN customers AS c ON c.workspace = g.workspace AND c.customer_id = g.customer_id "
+        "WHERE g.workspace = {ws:String}", {"ws": ws})
+    assert status == [{"status": "active", "plan": "Pro", "exact": 1}]
