@@ -135,6 +135,9 @@ class StackSettings(GatewaySettings, WorkerSettings):
     gateway_processes: int = Field(default=1, ge=0, le=64, validation_alias=_env("gateway_processes", "GOALSTREAM_GATEWAY_PROCESSES"))
     # The fronts run on uvloop when it is installed (measured faster per request); off: asyncio's loop.
     uvloop: bool = Field(default=True, validation_alias=_env("uvloop", "GOALSTREAM_UVLOOP"))
+    # With a goal configured, the scoring stage runs in a process of its own
+    # (ingest_gateway/cli/scorer.py), off the sinks' loop; off: in the stack's process.
+    scoring_process: bool = Field(default=True, validation_alias=_env("scoring_process", "GOALSTREAM_SCORING_PROCESS"))
 
     @property
     def embedded_broker(self) -> bool:

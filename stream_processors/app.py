@@ -107,8 +107,32 @@ class SinkService(Service):
         await self.source.stop()
 
 
+def batches(settings: WorkerSettings, group: str, names: list[str], **kwargs: Any) -> KafkaBatches:
+    """A batch consumer of ``names`` in ``group``, as every bulk consumer of a worker reads."""
+    s = settings
+    return KafkaBatches(
+        s.kafka_bootstrap, group, names, max_records=s.batch_max, fetch_wait_ms=s.fetch_wait_ms, window_s=s.batch_within_s,
+        session_timeout_s=s.session_timeout_s, rebalance_timeout_s=s.rebalance_timeout_s, **kwargs,
+    )
+
+
+def scoring_stage(settings: WorkerSettings, scorer: Scorer, **kwargs: Any) -> ScoringStage:
+    """The scoring stage reading in ``<group>.scoring``, wherever it runs."""
+    s = settings
+    return ScoringStage(
+        batches(s, f"{s.consumer_group}.scoring", [topics.EVENTS, topics.CUSTOMERS]), scorer,
+        interval_s=s.score_interval_s, bootstrap=s.kafka_bootstrap,
+        sink_groups={topics.EVENTS: s.consumer_group, topics.CUSTOMERS: f"{s.consumer_group}.customers"}, **kwargs,
+    )
+
+
 class Processors:
-    def __init__(self, settings: WorkerSettings, warehouse: Warehouse, config: GoalstreamConfig, models: Any = None):
+    def __init__(self, settings: WorkerSettings, warehouse: Warehouse, config: GoalstreamConfig, models: Any = None,
+                 scoring: Any = None):
+        """``scoring``: the scoring stage run elsewhere instead of hosted here (the embedded
+        stack runs it in a process of its own, off this loop: ``ingest_gateway/cli/scoring.py``).
+        It has ``scored`` (a Progress), ``acked`` (what its producer published), and
+        ``start(processors)``, ``stop(timeout, broker_gone)``, ``train(goal, workspace)``."""
         self.settings = settings
         self.warehouse = warehouse
         self.config = config
@@ -144,12 +168,9 @@ class Processors:
         self.services = [SinkService(self.sources[topic], runtime) for topic, _, runtime in wiring]
         # Scoring only where some workspace has a goal: otherwise nothing would ever be scored.
         self.stage: ScoringStage | None = None
-        if config.goals:
-            self.stage = ScoringStage(
-                self._source(f"{s.consumer_group}.scoring", [topics.EVENTS, topics.CUSTOMERS]),
-                self.scorer, stored=self.progress, owned=self._owned, backlog=self._backlog, interval_s=s.score_interval_s,
-                bootstrap=s.kafka_bootstrap, sink_groups={topics.EVENTS: s.consumer_group, topics.CUSTOMERS: f"{s.consumer_group}.customers"},
-            )
+        self.external = scoring if config.goals else None
+        if config.goals and scoring is None:
+            self.stage = scoring_stage(s, self.scorer, stored=self.progress, owned=self._owned, backlog=self._backlog)
         self._scoring_lane: Warehouse | None = None
         self.app = self._make_app()
 
@@ -159,11 +180,33 @@ class Processors:
         return [*self.services, *([self.stage] if self.stage is not None else [])]
 
     def _source(self, group: str, names: list[str], **kwargs: Any) -> KafkaBatches:
-        s = self.settings
-        return KafkaBatches(
-            s.kafka_bootstrap, group, names, max_records=s.batch_max, fetch_wait_ms=s.fetch_wait_ms, window_s=s.batch_within_s,
-            session_timeout_s=s.session_timeout_s, rebalance_timeout_s=s.rebalance_timeout_s, **kwargs,
-        )
+        return batches(self.settings, group, names, **kwargs)
+
+    def owned_partitions(self) -> list[tuple[str, int]]:
+        """The events and customers partitions this worker's sinks hold now."""
+        return [(tp.topic, tp.partition) for topic in (topics.EVENTS, topics.CUSTOMERS) for tp in self.sources[topic].assignment()]
+
+    @property
+    def published(self) -> dict[tuple[str, int], int]:
+        """What the processors' producers have had acknowledged, per partition (the scoring
+        stage's too, where it runs elsewhere)."""
+        out = dict(self.producer.acked)
+        if self.external is not None:
+            for tp, off in self.external.acked.items():
+                out[tp] = max(off, out.get(tp, -1))
+        return out
+
+    async def train(self, goal: str | None, workspace: str | None = None) -> list[dict[str, Any]]:
+        """``goalstream train`` while running: where the scoring stage runs, so it rescores."""
+        if self.external is None:
+            return await self.scorer.train(goal, workspace=workspace)
+        summaries = await self.external.train(goal, workspace)
+        # The models it stored, in the model store this process shares with the API at once.
+        for s in summaries:
+            g = self.scorer._goal(s["workspace"], s["goal"])
+            if g is not None:
+                self.scorer.models.put(await self.scorer.models.load(s["workspace"], g))
+        return summaries
 
     # -- faust wiring ------------------------------------------------------------------
 
@@ -208,8 +251,11 @@ class Processors:
         await self.app.start()
         # Hosted in the faust worker: started now, stopped with it. The consumers join their
         # groups concurrently (each join waits up to the rebalance timeout).
-        await asyncio.gather(*(self.app.add_runtime_dependency(svc) for svc in self.hosted))
-        await self.scorer.start()
+        # The scoring stage run elsewhere starts meanwhile (its interpreter, its own join).
+        external = [self.external.start(self)] if self.external is not None else []
+        await asyncio.gather(*(self.app.add_runtime_dependency(svc) for svc in self.hosted), *external)
+        if self.external is None:
+            await self.scorer.start()
 
     async def stop(self, timeout: float = 30.0, *, broker_gone: bool = False) -> None:
         """Stop scoring, then the faust worker with the services it hosts (each cancels its
@@ -219,6 +265,8 @@ class Processors:
         if broker_gone:
             for svc in self.hosted:
                 svc.halt()
+        if self.external is not None:
+            await stop_within("the scoring process", self.external.stop(timeout, broker_gone=broker_gone), timeout)
         await self.scorer.stop()
         # Bounded: with the broker gone, a consumer leaving its group could wait forever.
         await stop_within("the processors", self.app.stop(), timeout)
@@ -239,7 +287,8 @@ class Processors:
     def scored(self, ends: dict[tuple[str, int], int]) -> bool:
         """Scored too: the scoring stage has rescored what those records touched (and its
         propensity changes are acknowledged by the broker)."""
-        return self.stage is None or self.stage.scored.caught_up(_scoring_part(ends))
+        scoring = self.stage or self.external
+        return scoring is None or scoring.scored.caught_up(_scoring_part(ends))
 
     async def wait_caught_up(self, ends: dict[tuple[str, int], int], timeout: float) -> bool:
         """Until stored and scored (a drain waits for both), or False after ``timeout``."""
@@ -247,9 +296,10 @@ class Processors:
         deadline = loop.time() + timeout
         if not await self.progress.wait_caught_up(ends, timeout):
             return False
-        if self.stage is None:
+        scoring = self.stage or self.external
+        if scoring is None:
             return True
-        return await self.stage.scored.wait_caught_up(_scoring_part(ends), max(0.0, deadline - loop.time()))
+        return await scoring.scored.wait_caught_up(_scoring_part(ends), max(0.0, deadline - loop.time()))
 
 
 def _scoring_part(ends: dict[tuple[str, int], int]) -> dict[tuple[str, int], int]:

@@ -50,4 +50,4 @@ class ScorerTrainer:
         processors = self._processors()
         if processors is None:
             raise errors.Unavailable("the processors are not running; retry shortly", retry_after=5)
-        return await processors.scorer.train(goal, workspace=workspace)
+        return await processors.train(goal, workspace=workspace)

@@ -62,6 +62,8 @@ def parser() -> argparse.ArgumentParser:
                     help="HTTP front processes (default 1; 0: the gateway on the stack's own event loop)")
     up.add_argument("--no-uvloop", action="store_false", dest="uvloop", default=None,
                     help="run the HTTP fronts on asyncio's own event loop instead of uvloop")
+    up.add_argument("--no-scoring-process", action="store_false", dest="scoring_process", default=None,
+                    help="run the scoring stage in the stack's own process instead of one of its own")
     gw = sub.add_parser("gateway", help="run the HTTP gateway alone (scaled out)")
     _common(gw)
     _http(gw)

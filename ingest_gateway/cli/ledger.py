@@ -58,7 +58,7 @@ class Ledger:
         out: dict[tuple[str, int], int] = {}
         for part in (self.processors(), self.dispatcher()):
             if part is not None:
-                for tp, off in part.producer.acked.items():
+                for tp, off in part.published.items():
                     out[tp] = max(off, out.get(tp, -1))
         return out
 

@@ -5,8 +5,9 @@ dir, which holds the embedded ClickHouse and broker.
 It holds the stack's pid, its URL, its per-run admin token, its Kafka bootstrap servers,
 the embedded broker's pid (null with ``--kafka``; rewritten when the broker is restarted) and
 the HTTP fronts' pids (``front_pids``, as they were at the last write: a front restarted
-since has another); it
-is written mode 0600 once the gateway listens and removed last on stop.
+since has another) and the scoring process's (``scorer_pid``, null without a goal or with
+``--no-scoring-process``; rewritten when it is restarted); it is written mode 0600 once the
+gateway listens and removed last on stop.
 """
 
 from __future__ import annotations
@@ -22,13 +23,13 @@ def path(data_dir: Path) -> Path:
 
 
 def write(data_dir: Path, *, url: str, token: str, kafka: str, broker_pid: int | None = None,
-          front_pids: list[int] | None = None) -> None:
+          front_pids: list[int] | None = None, scorer_pid: int | None = None) -> None:
     p = path(data_dir)
     p.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
         json.dump({"pid": os.getpid(), "url": url, "token": token, "kafka": kafka, "broker_pid": broker_pid,
-                   "front_pids": front_pids or []}, f)
+                   "front_pids": front_pids or [], "scorer_pid": scorer_pid}, f)
 
 
 def remove(data_dir: Path) -> None:

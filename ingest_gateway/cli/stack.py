@@ -58,6 +58,7 @@ from .adapters import GoalRecommender, ScorerTrainer
 from .ledger import Ledger, lag
 from .lifecycle import Process, wait_until
 from .processes import DISPATCHER_STOP_S, PROCESSORS_STOP_S, open_warehouse
+from .scoring import ScoringProcess
 
 log = logging.getLogger("goalstream.stack")
 
@@ -196,7 +197,12 @@ class Stack(Process):
     def _write_run_file(self) -> None:
         runfile.write(self.settings.data_dir, url=self.url, token=self.token, kafka=self.bootstrap,
                       broker_pid=self.broker.pid if self.broker else None,
-                      front_pids=self.fronts.pids if self.fronts is not None else None)
+                      front_pids=self.fronts.pids if self.fronts is not None else None,
+                      scorer_pid=self._scorer_pid())
+
+    def _scorer_pid(self) -> int | None:
+        external = self.processors.external if self.processors is not None else None
+        return external.pid if isinstance(external, ScoringProcess) else None
 
     # -- the HTTP fronts (--gateway-processes N): the gateway's work off this loop -----------
 
@@ -295,7 +301,10 @@ class Stack(Process):
             # starts empty, so a new group loses no committed offset.
             settings = settings.model_copy(update={"consumer_group": f"{settings.consumer_group}-{self._generation}"})
         self._generation += 1
-        self.processors = Processors(settings, self.warehouse, self.config, models=self.models)
+        # With a goal, scoring in a process of its own: off this loop, which keeps the sinks,
+        # the spool's relay and the fronts' publishes (it asks this process for ClickHouse).
+        scoring = ScoringProcess(self.warehouse, restarted=self._write_run_file) if self.config.goals and settings.scoring_process else None
+        self.processors = Processors(settings, self.warehouse, self.config, models=self.models, scoring=scoring)
         if self._seen is not None:
             self.processors.events.seen = self._seen
         self.health.set("processors", "starting")

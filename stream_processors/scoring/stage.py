@@ -90,6 +90,7 @@ class ScoringStage(Service):
         self._tasks: list[asyncio.Task] = []
         self.cycles = 0
         self.scored = Progress()  # the highest offset scored per partition: what a drain waits on
+        self.on_scored: Callable[[], None] | None = None  # after each cycle's commit (a process of its own reports it)
 
     async def on_start(self) -> None:
         await self.source.start()
@@ -174,6 +175,8 @@ class ScoringStage(Service):
         for tp, off in commits.items():
             self.scored.offsets[tp] = max(off, self.scored.offsets.get(tp, -1))
         self.cycles += 1
+        if self.on_scored is not None:
+            self.on_scored()
         spent = loop.time() - t0
         log.debug("scoring cycle: %d customers, %d partitions, %.3fs", len(ready), len(commits), spent)
         return spent

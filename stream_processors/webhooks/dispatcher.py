@@ -268,6 +268,11 @@ class Dispatcher:
             lane, self.warehouse, self._shared = self.warehouse, self._shared, None
             await stop_within("the dispatcher's ClickHouse client", lane.close(), min(10.0, timeout))
 
+    @property
+    def published(self) -> dict[tuple[str, int], int]:
+        """What its producer has had acknowledged (dead-lettered deliveries), per partition."""
+        return self.producer.acked
+
     def caught_up(self, ends: dict[tuple[str, int], int]) -> bool:
         # With no webhook configured nothing will ever be delivered: nothing to wait for.
         return not self.hooks or self.progress.caught_up(ends)

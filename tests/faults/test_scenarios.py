@@ -11,6 +11,8 @@ nothing is duplicated under FINAL, no 5xx but 503, and every 503 carries Retry-A
   the stack must stay up (same pid) and writers get 2xx again within 15 s.
 - front-sigkill: two HTTP fronts, one SIGKILLed mid-load; the other keeps answering 2xx, the
   stack restarts the dead one, and nothing acknowledged is lost.
+- scorer-sigkill: with a goal, the scoring process SIGKILLed mid-load; ingestion carries on,
+  the stack restarts it, scoring resumes.
 - powercut-backlog: a batch burst until /healthz reports a backlog of 30,000 unstored
   records, then SIGKILL of the process group and the broker; restart on the same data dir.
 - sigterm-drain: SIGTERM mid-burst; the port answers 503 + Retry-After until the drain
@@ -265,6 +267,65 @@ def test_front_sigkill_mid_load(stacks):
     notes.append(f"everything acknowledged stored {stored_s:.1f} s after the load" if complete
                  else f"not everything acknowledged stored after {stored_s:.0f} s")
     verdict(finish("front-sigkill", stack, ledger, t0, notes, failures, ledger.recovery(t_kill)))
+
+
+# -- a3. SIGKILL of the scoring process mid-load ---------------------------------------------
+
+GOALS = "".join(
+    f'\n[[goals]]\nworkspace = "{ws}"\nname = "conv"\nwindow_days = 30\ntarget_event = "purchase"\n' for ws in ("acme", "globex")
+)
+
+
+def test_scorer_sigkill_mid_load(stacks):
+    """A goal in each workspace, so the scoring stage runs in a process of its own; it is
+    SIGKILLed 4 s into the mixed load. Ingestion never notices (every 2xx stored, no 5xx),
+    the stack restarts it, and scoring goes on after the kill."""
+    from tests.conftest import globex_config
+
+    t0 = time.monotonic()
+    stack = stacks(config=globex_config() + GOALS)
+    ledger = Ledger(new_run())
+    fault: dict = {}
+
+    async def scenario() -> None:
+        load = Load(stack.url, Mix(ledger.run, Mix.MIXED), ledger, seconds=12)
+        task = asyncio.create_task(load.run())
+        await asyncio.sleep(4.0)
+        fault["pid"] = stack.run_info().get("scorer_pid")
+        assert isinstance(fault["pid"], int), f"the run file names no scoring process: {stack.run_info()}"
+        fault["t"] = time.monotonic()
+        os.kill(fault["pid"], signal.SIGKILL)
+        await task
+
+    asyncio.run(scenario())
+    notes, failures = [], []
+    stored_s, complete = wait_stored(stack, ledger, timeout=60)
+    now = stack.run_info().get("scorer_pid")
+    # A customer who signs up after the kill enters the goal: scored once the new scorer is
+    # in its consumer group (after the killed member's session timed out, 10 s).
+    who = f"afterkill{int(time.time())}"
+    body = json.dumps({"customer_id": who, "name": "After Kill", "email": "after@example.com", "plan": "Starter"}).encode()
+    request = urllib.request.Request(f"{stack.url}/api/v1/customer", data=body, method="POST",
+                                     headers={"Authorization": "Token tk_live_123", "Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as r:
+        assert r.status == 200
+    deadline, scored_after = time.monotonic() + 60, 0
+    while time.monotonic() < deadline:
+        scored_after = int(stack.sql(f"SELECT count() FROM goal_status WHERE customer_id = '{who}'").strip() or 0)
+        if scored_after:
+            break
+        time.sleep(0.5)
+    notes.append(f"SIGKILL of the scoring process pid {fault['pid']} 4 s into the load; now pid {now}; "
+                 f"a customer signed up after it {'scored' if scored_after else 'not scored'}; writers after it: {statuses(ledger, since=fault['t'])}")
+    notes.append(f"everything acknowledged stored {stored_s:.1f} s after the load" if complete
+                 else f"not everything acknowledged stored after {stored_s:.0f} s")
+    if not stack.running():
+        failures.append(f"goalstream up did not survive the scoring process's death ({exit_text(stack.proc.returncode)})")
+    if now == fault["pid"] or not isinstance(now, int):
+        failures.append(f"the scoring process was not replaced (run file: {now})")
+    if not scored_after:
+        failures.append("a customer who signed up after the kill was not scored within 60 s")
+    verdict(finish("scorer-sigkill", stack, ledger, t0, notes, failures))
 
 
 # -- b. SIGKILL of the process group and the broker with a backlog, restart ----------------

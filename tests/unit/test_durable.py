@@ -178,6 +178,10 @@ class Part:
     def scored(self, ends):
         return self.scoring.caught_up(ends)
 
+    @property
+    def published(self):
+        return self.producer.acked
+
 
 class Msg:
     def __init__(self, topic, partition, offset):
