@@ -38,8 +38,9 @@ async def test_the_scorer_rewrites_only_the_rows_that_changed_and_they_read_back
 
     async def event(name: str) -> None:
         await warehouse.command(
-            "INSERT INTO events (message_id, workspace, customer_id, name, timestamp, received_at) "
-            "VALUES (generateUUIDv4(), {ws:String}, 'c1', {n:String}, now64(3) - toIntervalHour(1), now64(3))", {"ws": ws, "n": name})
+            # properties as the sink writes them (JSON): other tests' analyst queries parse them
+            "INSERT INTO events (message_id, workspace, customer_id, name, timestamp, received_at, properties) "
+            "VALUES (generateUUIDv4(), {ws:String}, 'c1', {n:String}, now64(3) - toIntervalHour(1), now64(3), '{}')", {"ws": ws, "n": name})
 
     async def count(table: str) -> int:
         rows = await warehouse.rows(f"SELECT count() AS n FROM {table} WHERE workspace = {{ws:String}}", {"ws": ws})
