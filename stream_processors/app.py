@@ -120,7 +120,8 @@ def scoring_stage(settings: WorkerSettings, scorer: Scorer, **kwargs: Any) -> Sc
     """The scoring stage reading in ``<group>.scoring``, wherever it runs."""
     s = settings
     return ScoringStage(
-        batches(s, f"{s.consumer_group}.scoring", [topics.EVENTS, topics.CUSTOMERS]), scorer,
+        # Another member may now score some customers: what this one remembers of them may go stale.
+        batches(s, f"{s.consumer_group}.scoring", [topics.EVENTS, topics.CUSTOMERS], on_revoked=scorer.rebalanced), scorer,
         interval_s=s.score_interval_s, bootstrap=s.kafka_bootstrap,
         sink_groups={topics.EVENTS: s.consumer_group, topics.CUSTOMERS: f"{s.consumer_group}.customers"}, **kwargs,
     )

@@ -171,6 +171,14 @@ class Scorer:
 
     # -- scoring -----------------------------------------------------------------------
 
+    def rebalanced(self) -> None:
+        """Partitions were taken from this scorer: another may have scored (and written, and
+        published for) their customers meanwhile, so what is remembered of anyone is read
+        afresh: identities and customer rows, rows written, likelihoods published."""
+        self.known = g.Known(self.settings.customer_cache_size)
+        self.written.clear()
+        self.last.clear()
+
     def forget(self, touched: dict[str, set[str]]) -> None:
         """A record on ``goalstream.customers`` changed these customers: read them afresh."""
         for workspace, ids in touched.items():

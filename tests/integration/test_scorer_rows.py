@@ -64,6 +64,10 @@ async def test_the_scorer_rewrites_only_the_rows_that_changed_and_they_read_back
         again = Scorer(WorkerSettings(propensity_threshold=0), config, warehouse, producer)
         await again.score({ws: {"c1"}}, "event", "r4")
         assert (await count("goal_status"), await count("goal_aggregates")) == (2, 5)
+        # Nor does one whose partitions were taken away meanwhile (another may have written).
+        scorer.rebalanced()
+        await scorer.score({ws: {"c1"}}, "event", "r5")
+        assert (await count("goal_status"), await count("goal_aggregates")) == (3, 7)
     finally:
         await producer.stop()
     current = await warehouse.rows(
