@@ -26,6 +26,7 @@ from typing import Any
 from schemas.warehouse import Warehouse
 from stream_processors.runtime import Progress
 
+from .. import errors
 from ..ipc import PUSH, Channel, ChannelClosed, pack
 
 log = logging.getLogger("goalstream.scoring")
@@ -174,9 +175,13 @@ class ScoringProcess:
                     delay = min(delay * 2, RESTART_DELAY_S[1])
 
     async def train(self, goal: str | None, workspace: str | None) -> list[dict[str, Any]]:
-        if self.channel is None:
-            raise ChannelClosed("the scoring process is not running")
-        return await self.channel.call("train", goal, workspace)
+        """Trained where the stage runs, so it rescores; while it restarts, 503 + Retry-After."""
+        try:
+            if self.channel is None:
+                raise ChannelClosed("not running")
+            return await self.channel.call("train", goal, workspace)
+        except ChannelClosed:
+            raise errors.Unavailable("the scoring process is restarting; retry shortly", retry_after=5) from None
 
     # -- stop --------------------------------------------------------------------------------
 
