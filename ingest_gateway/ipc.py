@@ -21,8 +21,11 @@ import asyncio
 import itertools
 import logging
 import pickle
+import signal
 import socket
 import struct
+import subprocess
+import sys
 from typing import Any, Awaitable, Callable
 
 log = logging.getLogger("goalstream.ipc")
@@ -69,6 +72,59 @@ def _unpack_exc(state: tuple) -> BaseException:
     exc.args = args
     exc.__dict__.update(attrs)
     return exc
+
+
+async def spawn(module: str, args: list[str], pass_fds: list[int]) -> tuple[asyncio.subprocess.Process, socket.socket]:
+    """``python -m <module> --ipc FD <args>``, a child of the stack: FD is its end of a new
+    socketpair, ``pass_fds`` it inherits too; returns the process and the stack's end."""
+    parent, child = socket.socketpair()
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", module, "--ipc", str(child.fileno()), *args,
+            stdin=subprocess.DEVNULL, pass_fds=[child.fileno(), *pass_fds],
+        )
+    except BaseException:
+        parent.close()
+        raise
+    finally:
+        child.close()  # the child's copy is its own now; ours would hide its EOF from us
+    return proc, parent
+
+
+async def started(proc: asyncio.subprocess.Process, reading: asyncio.Task, ready: asyncio.Event, timeout_s: float,
+                  doing: str) -> str | None:
+    """None once the child said ``ready``; else why not (it exited, closed its connection, or
+    did not ``doing`` within ``timeout_s``)."""
+    waits = [asyncio.create_task(ready.wait()), asyncio.create_task(proc.wait())]
+    try:
+        await asyncio.wait([*waits, reading], timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waits:
+            w.cancel()
+    if ready.is_set():
+        return None
+    if proc.returncode is not None:
+        return f"exited with status {proc.returncode}"
+    return "closed its connection" if reading.done() else f"did not {doing} within {timeout_s:.0f}s"
+
+
+def child_start(fd: int, who: str) -> tuple[socket.socket, Any] | int:
+    """The start of a child of the stack: SIGINT and SIGTERM ignored (the stack orders its
+    stop; a Ctrl-C to the process group must not cut it first), then the stack's first frame.
+    Returns its connection and the ``init`` value, or the exit status: 1 if the stack died
+    before it said anything, 2 for another frame."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    sock = socket.socket(fileno=fd)
+    try:
+        _, _, topic, init = read_frame_blocking(sock)
+    except ChannelClosed:
+        return 1
+    if topic != "init":
+        print(f"goalstream {who}: expected the stack's init, got {topic!r}", file=sys.stderr)
+        return 2
+    sock.setblocking(False)
+    return sock, init
 
 
 def read_frame_blocking(sock: socket.socket) -> tuple:

@@ -21,7 +21,6 @@ import argparse
 import asyncio
 import logging
 import os
-import signal
 import socket
 import sys
 from typing import Any
@@ -32,7 +31,7 @@ from schemas.stopping import bounded
 
 from .. import logsafe
 from ..app import HEALTH, MAX_LINE, SERVICES, create_app
-from ..ipc import Channel, ChannelClosed, read_frame_blocking
+from ..ipc import Channel, child_start
 from ..remote import RemoteAdmission, RemoteHealth, RemoteReader, RemoteRecommender, RemoteSink, RemoteTrainer
 from .http import SHUTDOWN_TIMEOUT_S, tls_context
 
@@ -95,18 +94,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--http", type=int, required=True, help="fd: the listening HTTP socket")
     ap.add_argument("--https", type=int, help="fd: the listening HTTPS socket")
     args = ap.parse_args(argv)
-    # The stack drains and stops its fronts; a Ctrl-C to the process group must not cut them first.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    ipc = socket.socket(fileno=args.ipc)
-    try:
-        _, _, topic, init = read_frame_blocking(ipc)
-    except ChannelClosed:
-        return 1  # the stack died before it said anything
-    if topic != "init":
-        print(f"goalstream front: expected the stack's init, got {topic!r}", file=sys.stderr)
-        return 2
-    ipc.setblocking(False)
+    got = child_start(args.ipc, "front")
+    if isinstance(got, int):
+        return got
+    ipc, init = got
     sites = [(socket.socket(fileno=args.http), False)]
     if args.https is not None:
         sites.append((socket.socket(fileno=args.https), True))

@@ -21,15 +21,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-import subprocess
-import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from schemas.config import GoalstreamConfig
 from schemas.settings import StackSettings
 
-from ..ipc import PUSH, Channel, Handler, pack
+from ..ipc import PUSH, Channel, Handler, pack, spawn, started
 from .http import SHUTDOWN_TIMEOUT_S
 
 log = logging.getLogger("goalstream.fronts")
@@ -145,20 +143,9 @@ class Fronts:
 
     async def _spawn(self, slot: int) -> _Front:
         assert self.http is not None
-        parent, child = socket.socketpair()
         listening = [self.http] + ([self.https] if self.https is not None else [])
-        cmd = [sys.executable, "-m", "ingest_gateway.cli.front", "--ipc", str(child.fileno()), "--http", str(self.http.fileno())]
-        if self.https is not None:
-            cmd += ["--https", str(self.https.fileno())]
-        try:
-            proc = await asyncio.create_subprocess_exec(
-                *cmd, stdin=subprocess.DEVNULL, pass_fds=[child.fileno(), *(s.fileno() for s in listening)],
-            )
-        except BaseException:
-            parent.close()
-            raise
-        finally:
-            child.close()  # the front's copy is its own now; ours would hide its EOF from us
+        args = ["--http", str(self.http.fileno())] + (["--https", str(self.https.fileno())] if self.https is not None else [])
+        proc, parent = await spawn("ingest_gateway.cli.front", args, [s.fileno() for s in listening])
         front: _Front | None = None
         try:
             channel = await Channel.over(parent, handler=self.handler, name=f"HTTP front {slot} (pid {proc.pid})")
@@ -168,16 +155,8 @@ class Fronts:
             init = {"settings": self.settings, "config": self.config, "token": self.token,
                     "admission": self.admission(), "draining": self.draining}
             channel.writer.write(pack((PUSH, 0, "init", init)))
-            ready = asyncio.create_task(front.ready.wait())
-            exited = asyncio.create_task(proc.wait())
-            try:
-                await asyncio.wait([ready, exited, reading], timeout=START_TIMEOUT_S, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                ready.cancel()
-                exited.cancel()
-            if not front.ready.is_set():
-                why = f"exited with status {proc.returncode}" if proc.returncode is not None else (
-                    "closed its connection" if reading.done() else f"did not serve within {START_TIMEOUT_S:.0f}s")
+            why = await started(proc, reading, front.ready, START_TIMEOUT_S, "serve")
+            if why is not None:
                 raise FrontFailed(f"HTTP front {slot} (pid {proc.pid}) {why}")
             if self.draining:
                 channel.push("drain")  # a drain began while it started

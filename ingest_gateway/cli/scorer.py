@@ -23,7 +23,6 @@ import argparse
 import asyncio
 import logging
 import os
-import signal
 import socket
 import sys
 from typing import Any, Sequence
@@ -31,35 +30,23 @@ from typing import Any, Sequence
 from schemas import topics
 from schemas.kafka import RecordProducer
 from schemas.stopping import bounded
-from schemas.warehouse import WarehouseError
 from stream_processors.app import scoring_stage
 from stream_processors.runtime import Progress
 from stream_processors.scoring.processor import Scorer
 
-from ..ipc import Channel, ChannelClosed, read_frame_blocking
+from ..ipc import Channel, child_start
+from ..remote import RemoteReader
 
 log = logging.getLogger("goalstream.scorer")
 
 STOP_PART_S = 10.0
 
 
-class RemoteWarehouse:
-    """The ``Warehouse`` calls the scorer makes, asked of the stack, which owns chDB."""
+class RemoteWarehouse(RemoteReader):
+    """The ``Warehouse`` calls the scorer makes (the fronts' reads, and its inserts), asked of
+    the stack, which owns chDB."""
 
     embedded = True
-    is_open = True
-
-    def __init__(self, channel: Channel):
-        self.channel = channel
-
-    async def _call(self, method: str, *args: Any) -> Any:
-        try:
-            return await self.channel.call(method, *args)
-        except ChannelClosed as exc:
-            raise WarehouseError(f"the stack is gone: {exc}") from None
-
-    async def rows(self, sql: str, parameters: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-        return await self._call("rows", sql, parameters)
 
     async def insert(self, table: str, rows: Sequence[Sequence[Any]], columns: Sequence[str], dedup_token: str | None = None,
                      *, column_oriented: bool = False) -> None:
@@ -162,17 +149,10 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="goalstream-scorer", description="the scoring stage of goalstream up (started by it)")
     ap.add_argument("--ipc", type=int, required=True, help="fd: this process's connection to the stack")
     args = ap.parse_args(argv)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    ipc = socket.socket(fileno=args.ipc)
-    try:
-        _, _, topic, init = read_frame_blocking(ipc)
-    except ChannelClosed:
-        return 1
-    if topic != "init":
-        print(f"goalstream scorer: expected the stack's init, got {topic!r}", file=sys.stderr)
-        return 2
-    ipc.setblocking(False)
+    got = child_start(args.ipc, "scorer")
+    if isinstance(got, int):
+        return got
+    ipc, init = got
     from .commands import _setup_logging
 
     _setup_logging(init["settings"], init["config"])

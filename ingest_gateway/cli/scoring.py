@@ -18,16 +18,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
-import subprocess
-import sys
 from typing import Any
 
 from schemas.warehouse import Warehouse
 from stream_processors.runtime import Progress
 
 from .. import errors
-from ..ipc import PUSH, Channel, ChannelClosed, pack
+from ..ipc import PUSH, Channel, ChannelClosed, pack, spawn, started
 
 log = logging.getLogger("goalstream.scoring")
 
@@ -73,31 +70,14 @@ class ScoringProcess:
         log.info("the scoring stage runs in its own process (pid %s)", self.pid)
 
     async def _spawn(self) -> None:
-        parent, child = socket.socketpair()
-        try:
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "ingest_gateway.cli.scorer", "--ipc", str(child.fileno()),
-                stdin=subprocess.DEVNULL, pass_fds=[child.fileno()],
-            )
-        except BaseException:
-            parent.close()
-            raise
-        finally:
-            child.close()  # its copy is its own now; ours would hide its EOF from us
+        proc, parent = await spawn("ingest_gateway.cli.scorer", [], [])
         self._ready = asyncio.Event()
         channel = await Channel.over(parent, handler=self._answer, on_push=self._on_push, name=f"the scorer (pid {proc.pid})")
         self.proc, self.channel = proc, channel
         self._reading = asyncio.create_task(channel.run(), name="goalstream-scorer-ipc")
         channel.writer.write(pack((PUSH, 0, "init", {"settings": self.processors.settings, "config": self.processors.config})))
-        ready = asyncio.create_task(self._ready.wait())
-        exited = asyncio.create_task(proc.wait())
-        try:
-            await asyncio.wait([ready, exited, self._reading], timeout=START_TIMEOUT_S, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            ready.cancel()
-            exited.cancel()
-        if not self._ready.is_set():
-            why = f"exited with status {proc.returncode}" if proc.returncode is not None else "did not start in time"
+        why = await started(proc, self._reading, self._ready, START_TIMEOUT_S, "start")
+        if why is not None:
             await self._reap()
             raise ScorerFailed(f"the scoring process (pid {proc.pid}) {why}")
         self._push_now()
@@ -130,6 +110,7 @@ class ScoringProcess:
     # -- running -----------------------------------------------------------------------------
 
     def _push_now(self) -> tuple:
+        """What the sinks have stored, the partitions they hold, their backlog: to the scorer."""
         p = self.processors
         state = (dict(p.progress.offsets), p.owned_partitions(), p._backlog())
         if self.channel is not None:
@@ -141,10 +122,8 @@ class ScoringProcess:
         while True:
             await asyncio.sleep(PUSH_S)
             p = self.processors
-            state = (dict(p.progress.offsets), p.owned_partitions(), p._backlog())
-            if state != last and self.channel is not None:
-                self.channel.push("progress", state)
-                last = state
+            if (dict(p.progress.offsets), p.owned_partitions(), p._backlog()) != last:
+                last = self._push_now()
 
     async def _keep(self) -> None:
         delay = RESTART_DELAY_S[0]
