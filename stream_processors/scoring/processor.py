@@ -43,13 +43,20 @@ log = logging.getLogger("goalstream.scoring")
 
 PROPENSITY_CHANGE = "goalstream.GoalPropensityChange"
 RECOMMENDED_ACTIONS = "goalstream.RecommendedNextActions"
-# Customers per scoring round trip to ClickHouse: the live stage keeps chunks small, a
-# rescore takes big ones.
+# Customers per scoring round trip to ClickHouse. Measured (chDB, 300k events of 5,000
+# customers): the goal states of 200, 1,000 or 5,000 customers took 116, 112 and 215 ms to
+# read, since their rows are spread over nearly every granule; so the live stage reads a
+# cycle's customers at once, and only a rescore of more is cut in chunks.
 CHUNK = 10000
-LIVE_CHUNK = 1000
+LIVE_CHUNK = 5000
 # Within a chunk the loop is given back every this many assessments (~5 ms of Python), so
 # a chunk never holds up the sinks' inserts or the gateway's answers sharing the loop.
 YIELD_EVERY = 100
+# A chunk's records are published this many goal states at a time, each send overlapping
+# the next ones' assessment (one in flight at a time: aiokafka's send_batch waits on the
+# partition's previous batch), so the first customers' changes are out before the last are
+# assessed. All are acknowledged before any of the chunk's scores is stored.
+PUBLISH_EVERY = 500
 SCORE_COLUMNS = (
     "workspace", "goal", "customer_id", "scored_at", "likelihood", "previous_likelihood", "published",
     "status", "model_version", "model_kind", "trigger", "drivers", "message_id",
@@ -223,46 +230,67 @@ class Scorer:
         if not states:
             return
         await self._load_last(workspace, {s.customer_id for s in states})
-        threshold = self.settings.propensity_threshold
+        goals = {s.goal.name: s.goal for s in states}
+        models = {name: await self.models.get(workspace, goal) for name, goal in goals.items()}
         records: list[Record] = []
+        sending: asyncio.Future | None = None
+        try:
+            for i, s in enumerate(states):
+                if i and i % PUBLISH_EVERY == 0 and records:
+                    if sending is not None:
+                        await sending
+                    sending = asyncio.ensure_future(self.producer.publish(records, batched=True))
+                    records = []
+                if i and i % YIELD_EVERY == 0:
+                    await asyncio.sleep(0)
+                records += self._assess(s, models[s.goal.name], now, token, trigger, out)
+            if sending is not None:
+                await sending
+            if records:
+                await self.producer.publish(records, batched=True)  # first: never store "published" for what was not
+        finally:
+            if sending is not None and not sending.done():
+                sending.cancel()  # the chunk failed: its retry publishes the same ids again
+                await asyncio.gather(sending, return_exceptions=True)
+
+    def _assess(self, s: g.GoalState, m: propensity.Model, now: int, token: str, trigger: str, out: "_Rows") -> list[Record]:
+        """One customer and goal: assessed, its rows added to ``out``; returns what to publish."""
+        workspace = s.workspace
+        threshold = self.settings.propensity_threshold
         scores, statuses, aggs, published = out.scores, out.statuses, out.aggs, out.published
         version = now * 1000
-        for i, s in enumerate(states):
-            if i and i % YIELD_EVERY == 0:
-                await asyncio.sleep(0)
-            m = await self.models.get(workspace, s.goal)
-            a = g.assess(s, m, now)
-            key = (workspace, s.goal.name, s.customer_id)
-            prev = self.last.get(key)
-            if a.status == "active":
-                publish = prev is None or abs(a.likelihood - prev) >= threshold
-            elif a.status == "reached":
-                publish = prev is not None and prev != 1.0  # tell whoever saw it active, once
-            else:
-                publish = False
-            mid = _message_id(token, workspace, s.goal.name, s.customer_id)
-            if publish:
-                records += self._records(s, a, prev, mid, now)
-                published[key] = a.likelihood
-            if a.status == "active" or publish:
-                scores.append([
-                    workspace, s.goal.name, s.customer_id, now, a.likelihood, prev, 1 if publish else 0,
-                    a.status, a.model_version, a.model_kind, trigger, orjson.dumps(a.drivers).decode(), mid,
-                ])
-            # Timestamps as epoch ms: clickhouse-connect writes ints to a DateTime64(3) as its
-            # ticks, with no datetime made and taken apart per value.
-            status = (a.status, s.entered_at_ms, s.window_end_ms, s.reached_at_ms, str(s.attributes.get("plan") or ""))
-            if self.written.get(key) != status:
-                statuses.append([workspace, s.goal.name, s.customer_id, *status, now, version])
-                out.written[key] = status
-            for name, total in s.total_counts.items():
-                counts = (s.window_counts.get(name, 0), total)
-                akey = (*key, name)
-                if self.written.get(akey) != counts:
-                    aggs.append([workspace, s.goal.name, s.customer_id, name, *counts, now, version])
-                    out.written[akey] = counts
-        if records:
-            await self.producer.publish(records, batched=True)  # first: never store "published" for what was not
+        records: list[Record] = []
+        a = g.assess(s, m, now)
+        key = (workspace, s.goal.name, s.customer_id)
+        prev = self.last.get(key)
+        if a.status == "active":
+            publish = prev is None or abs(a.likelihood - prev) >= threshold
+        elif a.status == "reached":
+            publish = prev is not None and prev != 1.0  # tell whoever saw it active, once
+        else:
+            publish = False
+        mid = _message_id(token, workspace, s.goal.name, s.customer_id)
+        if publish:
+            records += self._records(s, a, prev, mid, now)
+            published[key] = a.likelihood
+        if a.status == "active" or publish:
+            scores.append([
+                workspace, s.goal.name, s.customer_id, now, a.likelihood, prev, 1 if publish else 0,
+                a.status, a.model_version, a.model_kind, trigger, orjson.dumps(a.drivers).decode(), mid,
+            ])
+        # Timestamps as epoch ms: clickhouse-connect writes ints to a DateTime64(3) as its
+        # ticks, with no datetime made and taken apart per value.
+        status = (a.status, s.entered_at_ms, s.window_end_ms, s.reached_at_ms, str(s.attributes.get("plan") or ""))
+        if self.written.get(key) != status:
+            statuses.append([workspace, s.goal.name, s.customer_id, *status, now, version])
+            out.written[key] = status
+        for name, total in s.total_counts.items():
+            counts = (s.window_counts.get(name, 0), total)
+            akey = (*key, name)
+            if self.written.get(akey) != counts:
+                aggs.append([workspace, s.goal.name, s.customer_id, name, *counts, now, version])
+                out.written[akey] = counts
+        return records
 
     def _records(self, s: g.GoalState, a: g.Assessment, prev: float | None, mid: str, now: int) -> list[Record]:
         key = model.partition_key(s.workspace, s.customer_id)

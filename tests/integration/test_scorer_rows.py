@@ -79,3 +79,57 @@ async def test_the_scorer_rewrites_only_the_rows_that_changed_and_they_read_back
         "FROM goal_customers AS g JOIN customers AS c ON c.workspace = g.workspace AND c.customer_id = g.customer_id "
         "WHERE g.workspace = {ws:String}", {"ws": ws})
     assert status == [{"status": "active", "plan": "Pro", "exact": 1}]
+
+
+async def test_a_large_round_publishes_in_parts_and_stores_only_once_all_are_acknowledged(warehouse, broker, tmp_path):
+    from schemas.config import load_config
+    from schemas.kafka import RecordProducer
+    from schemas.settings import WorkerSettings
+    from stream_processors.scoring import processor
+    from stream_processors.scoring.processor import Scorer
+
+    ws = f"w{uuid.uuid4().hex[:8]}"
+    path = tmp_path / "goalstream.toml"
+    path.write_text(GOAL_CONFIG.format(ws=ws))
+    n = processor.PUBLISH_EVERY * 2 + 200
+    await warehouse.command(
+        "INSERT INTO customers (workspace, customer_id, created_at, updated_at, attributes, version) "
+        "SELECT {ws:String}, concat('c', toString(number)), now64(3) - toIntervalDay(2), now64(3), '{}', 1 FROM numbers({n:UInt32})",
+        {"ws": ws, "n": n})
+    log: list[tuple[str, int]] = []
+
+    class Recorded:  # the real producer and warehouse, with the order of their calls noted
+        def __init__(self, inner):
+            self.inner = inner
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+    producer = RecordProducer(broker.bootstrap, idempotence=False)
+    spy_producer, spy_warehouse = Recorded(producer), Recorded(warehouse)
+
+    async def publish(records, batched=False):
+        acked = await producer.publish(records, batched)
+        log.append(("acked", len(records)))
+        return acked
+
+    async def insert(table, rows, *args, **kwargs):
+        log.append((f"insert {table}", len(rows)))
+        return await warehouse.insert(table, rows, *args, **kwargs)
+
+    spy_producer.publish, spy_warehouse.insert = publish, insert
+    await producer.start()
+    try:
+        scorer = Scorer(WorkerSettings(propensity_threshold=0), load_config(path), spy_warehouse, spy_producer)
+        assert await scorer.score({ws: {f"c{i}" for i in range(n)}}, "event", "big", chunk=processor.LIVE_CHUNK) == n
+    finally:
+        await producer.stop()
+    # Two records (change, recommendation) per active customer, sent in parts of PUBLISH_EVERY
+    # customers, every part acknowledged before the first row is stored.
+    assert [x for x in log if x[0] == "acked"] == [("acked", 2 * processor.PUBLISH_EVERY)] * 2 + [("acked", 400)]
+    first_insert = next(i for i, x in enumerate(log) if x[0].startswith("insert"))
+    assert all(x[0] == "acked" for x in log[:first_insert]) and all(x[0] != "acked" for x in log[first_insert:])
+    scores = await warehouse.rows(
+        "SELECT uniqExact(message_id) AS ids, countIf(published = 1) AS published FROM propensity_scores WHERE workspace = {ws:String}",
+        {"ws": ws})
+    assert scores == [{"ids": n, "published": n}]
