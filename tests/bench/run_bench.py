@@ -1020,6 +1020,8 @@ def render(report: dict) -> str:
         lines += [
             f"load: {load['concurrency']} connections, load generator on the same machine; baseline {load['warmup_s']:g} s warm-up + "
             f"{load['duration_s']:g} s measured; gateway rows: the spool (default) stacks of the durability rounds, median",
+            f"baseline: the faster of {len(report.get('baseline_runs_requests_per_s', [base]))} run(s), before and after the gateway rounds: "
+            + " / ".join(f"{x:,.0f}" for x in report.get("baseline_runs_requests_per_s", [base])) + " requests/s",
             "",
         ]
         head = ("scenario", "requests/s", "events/s", "p50 ms", "p99 ms", "errors", "req/s vs base", "events/s vs base")
@@ -1131,17 +1133,30 @@ def main(argv: list[str] | None = None) -> int:
     failed = 0
     try:
         baseline = None
-        if "baseline" in args.sections:
+        baselines: list[dict] = []
+
+        def measure_baseline() -> None:
+            # Before and after the gateway rounds, the faster one kept: a baseline caught in a
+            # slow spell of this shared machine (seen: 2,981 req/s against 5,900-7,000) would
+            # flatter every ratio to it.
+            nonlocal baseline, bare, failed
             bare_port = free_port()
             bare = Server("bare", [sys.executable, str(HERE / "bare_server.py"), str(bare_port)], tmp, "bare ready").start(30)
             print(f"baseline: bare aiohttp at {bare.url} ...", file=sys.stderr, flush=True)
             spec = LoadSpec(f"{bare.url}/api/v1/event", single_bodies(), HEADERS, duration_s=args.baseline_duration)
-            baseline = row("baseline (bare aiohttp)", run_load(spec), 1)
+            measured = row("baseline (bare aiohttp)", run_load(spec), 1)
             bare.stop(30)
             bare = None
-            failed += baseline["errors"]
-            report["baseline_requests_per_s"] = baseline["requests_per_s"]
-            report["scenarios"] = [baseline]
+            failed += measured["errors"]
+            baselines.append(measured)
+            report["baseline_runs_requests_per_s"] = [b["requests_per_s"] for b in baselines]
+            if baseline is None or measured["requests_per_s"] > baseline["requests_per_s"]:
+                baseline = measured
+                report["baseline_requests_per_s"] = baseline["requests_per_s"]
+                report["scenarios"] = [baseline, *report.get("scenarios", [])[1:]]
+
+        if "baseline" in args.sections:
+            measure_baseline()
 
         if "durability" in args.sections:
             # Interleaved, so that the machine's drift and noise fall on both modes alike.
@@ -1166,6 +1181,8 @@ def main(argv: list[str] | None = None) -> int:
                 gateway_row(f"gateway batch of {BATCH_SIZE}", spool["batch"]),
             ])
             report["catch_up_s"] = {key: spool[key]["catch_up_s"] for key in ("single", "batch")}
+            if "baseline" in args.sections:
+                measure_baseline()
 
         if "drain" in args.sections:
             d = report["drain"] = asyncio.run(drain.run_drains(tmp, args.drain_events, args.drain_rounds))
