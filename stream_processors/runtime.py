@@ -242,7 +242,8 @@ class BatchRuntime:
         if message.value is None:
             raise BadRecord("message has no value")
         try:
-            schema = codec.schema_of(headers_of(message))
+            h = message.headers
+            schema = codec.schema_of(h if type(h) is tuple else headers_of(message))  # a tuple: remembered
         except codec.SchemaError as exc:
             raise BadRecord(str(exc)) from None
         if schema.name not in self.expected:

@@ -376,8 +376,20 @@ def test_the_leading_strings_of_a_record_and_a_container_clickhouse_can_read():
     assert codec.leading_strings(value, 2) == [rec.value["message_id"], "acme"]
     with pytest.raises(codec.SchemaError):
         codec.leading_strings(value[:10], 2)
+    for n in (0, 1, 63, 64, 200, 20_000):  # lengths of one, two and three bytes
+        long = dict(rec.value, message_id="m" * n, workspace="w" * (n // 2))
+        assert codec.leading_strings(codec.encode(rec.schema, long)[0], 2) == ["m" * n, "w" * (n // 2)]
     schema = codec.LATEST[model.EVENT]
     assert codec.leads_with_strings(schema, ("message_id", "workspace"))
     assert not codec.leads_with_strings(schema, ("workspace",))
     read = list(fastavro.reader(io.BytesIO(codec.container(schema, [value, value]))))
     assert len(read) == 2 and read[0]["properties"] == '{"é":1}'
+
+
+def test_a_schema_is_named_by_headers_alike_as_a_tuple_or_a_list_and_an_unknown_one_every_time():
+    headers = tuple(codec.LATEST[model.EVENT].headers)
+    assert codec.schema_of(headers) is codec.schema_of(list(headers)) is codec.schema_of(headers) is codec.LATEST[model.EVENT]
+    unknown = ((codec.SCHEMA_HEADER, b"goalstream.Nope"), (codec.VERSION_HEADER, b"1"))
+    for _ in range(2):
+        with pytest.raises(codec.SchemaError):
+            codec.schema_of(unknown)
