@@ -7,8 +7,9 @@ are plain dicts shaped exactly like the Avro schema so encoding needs no convers
 
 from __future__ import annotations
 
+import os
+import threading
 import time
-import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -58,8 +59,39 @@ def to_ms(value: datetime | int | float) -> int:
     return int(value.timestamp() * 1000) if isinstance(value, datetime) else int(value)
 
 
-def new_message_id() -> str:
-    return str(uuid.uuid4())
+class _RandomIds:
+    """Random (version 4) UUIDs as text, from ``os.urandom`` read 4 KiB at a time: the same
+    ids as ``str(uuid.uuid4())``, which makes a syscall and a UUID object for each (py-spy:
+    14.6% of an HTTP front under batches of 100). Thread-safe; a forked child starts afresh,
+    so it never hands out its parent's bytes."""
+
+    SIZE = 4096
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._buf = b""
+        self._pos = self.SIZE
+        os.register_at_fork(after_in_child=self._reset)
+
+    def _reset(self) -> None:
+        self._lock = threading.Lock()
+        self._buf, self._pos = b"", self.SIZE
+
+    def __call__(self) -> str:
+        with self._lock:
+            if self._pos >= self.SIZE:
+                self._buf, self._pos = os.urandom(self.SIZE), 0
+            pos = self._pos
+            self._pos = pos + 16
+            h = self._buf[pos : pos + 16].hex()
+        # The version (4) and variant (RFC 4122: 10xx) nibbles, as uuid.UUID(version=4) sets them.
+        return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:]}"
+
+
+_VARIANT = {c: "89ab"[int(c, 16) & 3] for c in "0123456789abcdef"}
+
+
+new_message_id = _RandomIds()
 
 
 def dumps_json(value: Any) -> str:
