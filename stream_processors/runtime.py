@@ -88,8 +88,11 @@ class ListSink:
         self.batches.append(list(batch))
 
 
-def headers_of(message: Any) -> list[tuple[str, bytes]]:
+def headers_of(message: Any) -> Sequence[tuple[str, bytes]]:
+    # aiokafka's are a tuple: handed on as it is (no copy; ``codec.schema_of`` remembers tuples).
     h = message.headers or ()
+    if type(h) is tuple:
+        return h
     return list(h.items()) if isinstance(h, dict) else list(h)
 
 
@@ -242,8 +245,7 @@ class BatchRuntime:
         if message.value is None:
             raise BadRecord("message has no value")
         try:
-            h = message.headers
-            schema = codec.schema_of(h if type(h) is tuple else headers_of(message))  # a tuple: remembered
+            schema = codec.schema_of(headers_of(message))
         except codec.SchemaError as exc:
             raise BadRecord(str(exc)) from None
         if schema.name not in self.expected:

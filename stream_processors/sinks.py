@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import OrderedDict
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 from schemas import codec, model
 from schemas.warehouse import Warehouse
@@ -119,19 +119,19 @@ class EventsSink:
         schema = batch[0][1]
         if any(s is not schema for _, s in batch[1:]) or not codec.leads_with_strings(schema, _LEADING):
             raise BadRecord("not one events schema leading with message_id, workspace: decode it")
-        # ``_unseen`` inlined, in the one pass that reads the ids: this is the drain's hot loop.
-        seen, fresh, kept, ids = self.seen, {}, [], []
-        read = codec.leading_strings
-        try:
+        ids: list[str] = []
+
+        def keyed() -> Iterator[tuple[tuple[str, str], bytes]]:
+            # One pass reads each id, notes it for the token and offers it to the dedup (no
+            # intermediate lists: this is the drain's hot loop).
+            read = codec.leading_strings
             for m, _ in batch:
-                value = m.value
-                message_id, workspace = read(value, 2)
+                message_id, workspace = read(m.value, 2)
                 ids.append(message_id)
-                k = (workspace, message_id)
-                if k in seen or k in fresh:
-                    continue
-                fresh[k] = None
-                kept.append(value)
+                yield (workspace, message_id), m.value
+
+        try:
+            kept, fresh = self._unseen(keyed())
         except codec.SchemaError as exc:
             raise BadRecord(str(exc)) from None
         # What ``write`` derives for the same batch.

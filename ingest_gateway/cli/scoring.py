@@ -109,21 +109,26 @@ class ScoringProcess:
 
     # -- running -----------------------------------------------------------------------------
 
-    def _push_now(self) -> tuple:
-        """What the sinks have stored, the partitions they hold, their backlog: to the scorer."""
+    def _state(self) -> tuple:
+        """What the sinks have stored, the partitions they hold, their backlog."""
         p = self.processors
-        state = (dict(p.progress.offsets), p.owned_partitions(), p._backlog())
-        if self.channel is not None:
-            self.channel.push("progress", state)
+        return (dict(p.progress.offsets), p.owned_partitions(), p._backlog())
+
+    def _push_now(self, state: tuple | None = None) -> tuple | None:
+        """The sinks' state (``_state``) to the scorer; returns it, or None if there is no scorer to tell."""
+        if self.channel is None:
+            return None
+        state = self._state() if state is None else state
+        self.channel.push("progress", state)
         return state
 
     async def _push_progress(self) -> None:
         last = None
         while True:
             await asyncio.sleep(PUSH_S)
-            p = self.processors
-            if (dict(p.progress.offsets), p.owned_partitions(), p._backlog()) != last:
-                last = self._push_now()
+            state = self._state()
+            if state != last:
+                last = self._push_now(state)
 
     async def _keep(self) -> None:
         delay = RESTART_DELAY_S[0]
