@@ -4,7 +4,7 @@ Flow: ``goalstream.events`` -> ``sinks.EventsSink`` -> ClickHouse ``events``;
 ``goalstream.customers`` -> ``sinks.CustomersSink`` -> ``customers`` and ``customer_merges``;
 ``goalstream.deadletter`` -> ``sinks.DeadLettersSink`` -> ``deadletters``. Each bulk sink is a
 ``SinkService``: its own aiokafka batch consumer (``source.KafkaBatches``: ``getmany`` with a
-fetch wait of tens of ms, paying per batch, not per message) -> ``runtime.BatchRuntime``
+fetch wait of tens of ms, 500 for dead letters; paying per batch, not per message) -> ``runtime.BatchRuntime``
 (decode with the writer's schema, dead-letter, retry/isolate, progress) -> commit, in that order.
 Apart from them, ``scoring.stage.ScoringStage`` reads the same two topics in a consumer group
 of its own, waits until the sinks have stored what it read, coalesces the customers it touched
@@ -46,6 +46,10 @@ log = logging.getLogger("goalstream.processors")
 CUSTOMER_SCHEMAS = {model.CUSTOMER_UPSERT, model.CUSTOMER_DELETE, model.CUSTOMER_ARRAYS, model.CUSTOMER_MERGE}
 CRASH_PAUSE_S = 1.0  # after a bug in a sink loop, before it reads again from the last commit
 TASK_STOP_S = 5.0
+# An idle fetch comes back empty after its wait: the broker and this loop pay for each one (20 ms
+# waits on the three sink consumers were ~30% of a core with nothing to do). Dead letters carry no
+# latency promise, so their consumer waits longer.
+DEADLETTER_FETCH_WAIT_MS = 500
 
 
 class _Boot(faust.App.BootStrategy):
@@ -107,11 +111,15 @@ class SinkService(Service):
         await self.source.stop()
 
 
-def batches(settings: WorkerSettings, group: str, names: list[str], **kwargs: Any) -> KafkaBatches:
-    """A batch consumer of ``names`` in ``group``, as every bulk consumer of a worker reads."""
+def batches(
+    settings: WorkerSettings, group: str, names: list[str], fetch_wait_ms: int | None = None, **kwargs: Any
+) -> KafkaBatches:
+    """A batch consumer of ``names`` in ``group``, as every bulk consumer of a worker reads
+    (``fetch_wait_ms``: this one's own, instead of the settings')."""
     s = settings
     return KafkaBatches(
-        s.kafka_bootstrap, group, names, max_records=s.batch_max, fetch_wait_ms=s.fetch_wait_ms, window_s=s.batch_within_s,
+        s.kafka_bootstrap, group, names, max_records=s.batch_max, fetch_wait_ms=fetch_wait_ms or s.fetch_wait_ms,
+        window_s=s.batch_within_s,
         session_timeout_s=s.session_timeout_s, rebalance_timeout_s=s.rebalance_timeout_s, **kwargs,
     )
 
@@ -163,6 +171,9 @@ class Processors:
                 group, [topic],
                 # Another worker may now own some customers: our cached view of them may go stale.
                 on_revoked=self.customers.clear if topic == topics.CUSTOMERS else None,
+                # Nobody waits on a dead letter's row within milliseconds, and an idle fetch costs
+                # the broker and this loop each time it comes back empty.
+                fetch_wait_ms=max(s.fetch_wait_ms, DEADLETTER_FETCH_WAIT_MS) if topic == topics.DEADLETTER else None,
             )
             for topic, group, _ in wiring
         }
