@@ -171,6 +171,8 @@ class Processors:
                 group, [topic],
                 # Another worker may now own some customers: our cached view of them may go stale.
                 on_revoked=self.customers.clear if topic == topics.CUSTOMERS else None,
+                # New partitions may resend what another worker stored: remember its ids first.
+                on_assigned=self.events.reseed if topic == topics.EVENTS else None,
                 # Nobody waits on a dead letter's row within milliseconds, and an idle fetch costs
                 # the broker and this loop each time it comes back empty.
                 fetch_wait_ms=max(s.fetch_wait_ms, DEADLETTER_FETCH_WAIT_MS) if topic == topics.DEADLETTER else None,

@@ -24,6 +24,8 @@ import hashlib
 from collections import OrderedDict
 from typing import Any, Iterable, Iterator, Sequence
 
+import orjson
+
 from schemas import codec, model
 from schemas.warehouse import Warehouse
 
@@ -81,11 +83,34 @@ def _trim(cache: OrderedDict, limit: int) -> None:
         cache.popitem(last=False)
 
 
+# What a sink that starts (or is handed partitions) remembers first: the ids ClickHouse stored
+# last, whichever worker stored them, so a resend or a replay is recognised across restarts.
+# The day bound keeps the sort to recent rows; the window's size bounds what is kept.
+SEED_SQL = (
+    "SELECT workspace, message_id FROM events WHERE inserted_at >= now64(3) - INTERVAL 1 DAY "
+    "ORDER BY inserted_at DESC LIMIT {n:UInt32}"
+)
+
+
 class EventsSink:
     def __init__(self, warehouse: Warehouse, *, dedup_window: int):
         self.warehouse = warehouse
         self.dedup_window = dedup_window
         self.seen = RecentIds(dedup_window)  # recent (workspace, message_id)
+        self._seeded = dedup_window == 0
+
+    def reseed(self, _assigned: Any = None) -> None:
+        """Read the stored ids again before the next write (partitions were assigned: what
+        they carry next may resend what another worker stored)."""
+        self._seeded = self.dedup_window == 0
+
+    async def _seed(self) -> None:
+        # Inside the write, so a ClickHouse that is away fails the batch into the runtime's retries.
+        raw = await self.warehouse.raw(SEED_SQL, "JSONCompactEachRow", {"n": self.dedup_window})
+        keys = [tuple(orjson.loads(line)) for line in raw.splitlines() if line]
+        keys.reverse()  # oldest first: the newest stay longest
+        self.seen.update(keys)
+        self._seeded = True
 
     def _unseen(self, keyed: Iterable[tuple[tuple[str, str], Any]]) -> tuple[list[Any], dict[tuple[str, str], None]]:
         """A client that resends (same Segment messageId, Customer.io event id) gets its event
@@ -104,6 +129,8 @@ class EventsSink:
             self.seen.update(fresh)
 
     async def write(self, batch: Sequence[Item]) -> None:
+        if not self._seeded:
+            await self._seed()
         kept, fresh = self._unseen(((i.record["workspace"], i.record["message_id"]), i.record) for i in batch)
         # The token covers the whole batch, so a replay of it is recognised however it filters.
         token = batch_token("events", [i.message for i in batch], (i.record["message_id"] for i in batch))
@@ -119,6 +146,8 @@ class EventsSink:
         schema = batch[0][1]
         if any(s is not schema for _, s in batch[1:]) or not codec.leads_with_strings(schema, _LEADING):
             raise BadRecord("not one events schema leading with message_id, workspace: decode it")
+        if not self._seeded:
+            await self._seed()
         ids: list[str] = []
 
         def keyed() -> Iterator[tuple[tuple[str, str], bytes]]:

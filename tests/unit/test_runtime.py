@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 import pytest
 
 from schemas import codec, model, topics
@@ -259,6 +260,11 @@ class Warehouse:
     async def rows(self, sql, params=None):
         return self._rows
 
+    async def raw(self, sql, fmt, params=None, *, readonly=False):
+        # What ClickHouse stored last: the events sink's seed (``stored`` ids, JSONCompactEachRow).
+        self.log.append(f"raw {fmt}")
+        return b"".join(orjson.dumps(list(k)) + b"\n" for k in getattr(self, "stored", []))
+
 
 def test_batch_token_is_unchanged():
     msgs = [Msg(topics.EVENTS, 0, 7, b""), Msg(topics.EVENTS, 1, 3, b"")]
@@ -277,6 +283,29 @@ async def test_events_sink_skips_resent_ids_and_stores_with_the_batch_token():
     # Seen within the window: not stored again.
     await sink.write(batch[:1])
     assert len(wh.inserts) == 1
+
+
+async def test_the_events_sink_first_remembers_what_clickhouse_stored_last_and_again_after_an_assignment():
+    wh = Warehouse()
+    wh.stored = [("acme", "m1")]  # newest first, as the seed query returns them
+    sink = EventsSink(wh, dedup_window=10)
+    batch = [Item(m, model.EVENT, codec.decode(m.value, m.headers)[1]) for m in
+             (event_msg(0, message_id="m1"), event_msg(1, "c2", message_id="m2"))]
+    await sink.write(batch)  # m1 was stored before this sink existed (a restart): not again
+    assert [r[0] for r in wh.inserts[0][1]] == ["m2"]
+    assert wh.log.count("raw JSONCompactEachRow") == 1
+    await sink.write([Item(m, model.EVENT, codec.decode(m.value, m.headers)[1]) for m in [event_msg(2, "c3", message_id="m3")]])
+    assert wh.log.count("raw JSONCompactEachRow") == 1  # once, not per batch
+    # Partitions assigned: another worker may have stored what they resend.
+    wh.stored = [("acme", "m4")]
+    sink.reseed({"events-0"})
+    raw = [event_msg(3, "c4", message_id="m4"), event_msg(4, "c4", message_id="m5")]
+    await sink.write_raw([(m, codec.schema_of(m.headers)) for m in raw])
+    assert wh.log.count("raw JSONCompactEachRow") == 2 and [r[0] for r in wh.inserts[-1][1]] == ["m5"]
+    # With no window there is nothing to remember, so nothing is read.
+    none = Warehouse()
+    await EventsSink(none, dedup_window=0).write(batch)
+    assert "raw JSONCompactEachRow" not in none.log
 
 
 async def test_the_events_sinks_raw_path_stores_the_same_rows_with_the_same_token():
