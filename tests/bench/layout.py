@@ -51,92 +51,45 @@ from schemas.warehouse import migrations  # noqa: E402
 # The current layout: migration 1's events table, as applied.
 OLD = next(st for _, _, sts in migrations() for st in sts if st.startswith("CREATE TABLE IF NOT EXISTS events"))
 
+# Every candidate's columns: the current ones, ``name`` as LowCardinality, ``plan`` materialized.
+_CANDIDATE = """
+CREATE TABLE {{t}}
+(
+    message_id   String,
+    workspace    LowCardinality(String),
+    customer_id  String,
+    anonymous_id String,
+    name         LowCardinality(String),
+    timestamp    DateTime64(3, 'UTC'),
+    received_at  DateTime64(3, 'UTC'),
+    properties   String CODEC(ZSTD(3)),
+    source       LowCardinality(String),
+    inserted_at  DateTime64(3, 'UTC') DEFAULT now64(3),
+    plan         LowCardinality(String) MATERIALIZED JSONExtractString(properties, 'plan'){extra}
+)
+ENGINE = MergeTree
+PARTITION BY toYYYYMM(timestamp)
+ORDER BY {order}{settings}
+"""
+
+
+def _candidate(order: str, extra: str = "", settings: str = "") -> tuple[str, str]:
+    return _CANDIDATE.format(order=order, extra=extra, settings=settings), "plan"
+
+
 # name -> (DDL with {t} for the table name, expression of the plan property).
 CANDIDATES: dict[str, tuple[str, str]] = {
     # Customer first, then time: the per-customer reads stay point reads; a month is a partition.
-    "cust_time": ("""
-CREATE TABLE {t}
-(
-    message_id   String,
-    workspace    LowCardinality(String),
-    customer_id  String,
-    anonymous_id String,
-    name         LowCardinality(String),
-    timestamp    DateTime64(3, 'UTC'),
-    received_at  DateTime64(3, 'UTC'),
-    properties   String CODEC(ZSTD(3)),
-    source       LowCardinality(String),
-    inserted_at  DateTime64(3, 'UTC') DEFAULT now64(3),
-    plan         LowCardinality(String) MATERIALIZED JSONExtractString(properties, 'plan')
-)
-ENGINE = MergeTree
-PARTITION BY toYYYYMM(timestamp)
-ORDER BY (workspace, customer_id, timestamp)
-""", "plan"),
+    "cust_time": _candidate("(workspace, customer_id, timestamp)"),
     # As above, name before time within a customer: a customer's events of one name are together.
-    "cust_name_time": ("""
-CREATE TABLE {t}
-(
-    message_id   String,
-    workspace    LowCardinality(String),
-    customer_id  String,
-    anonymous_id String,
-    name         LowCardinality(String),
-    timestamp    DateTime64(3, 'UTC'),
-    received_at  DateTime64(3, 'UTC'),
-    properties   String CODEC(ZSTD(3)),
-    source       LowCardinality(String),
-    inserted_at  DateTime64(3, 'UTC') DEFAULT now64(3),
-    plan         LowCardinality(String) MATERIALIZED JSONExtractString(properties, 'plan')
-)
-ENGINE = MergeTree
-PARTITION BY toYYYYMM(timestamp)
-ORDER BY (workspace, customer_id, name, timestamp)
-""", "plan"),
+    "cust_name_time": _candidate("(workspace, customer_id, name, timestamp)"),
     # The same with 1,024-row granules: a read of 1,000 scattered customers touches fewer rows.
-    "cust_name_time g1024": ("""
-CREATE TABLE {t}
-(
-    message_id   String,
-    workspace    LowCardinality(String),
-    customer_id  String,
-    anonymous_id String,
-    name         LowCardinality(String),
-    timestamp    DateTime64(3, 'UTC'),
-    received_at  DateTime64(3, 'UTC'),
-    properties   String CODEC(ZSTD(3)),
-    source       LowCardinality(String),
-    inserted_at  DateTime64(3, 'UTC') DEFAULT now64(3),
-    plan         LowCardinality(String) MATERIALIZED JSONExtractString(properties, 'plan')
-)
-ENGINE = MergeTree
-PARTITION BY toYYYYMM(timestamp)
-ORDER BY (workspace, customer_id, name, timestamp)
-SETTINGS index_granularity = 1024
-""", "plan"),
+    "cust_name_time g1024": _candidate("(workspace, customer_id, name, timestamp)", settings="\nSETTINGS index_granularity = 1024"),
     # Time first (PostHog's shape), plus a projection in customer order for the per-customer reads.
-    "time_name+proj": ("""
-CREATE TABLE {t}
-(
-    message_id   String,
-    workspace    LowCardinality(String),
-    customer_id  String,
-    anonymous_id String,
-    name         LowCardinality(String),
-    timestamp    DateTime64(3, 'UTC'),
-    received_at  DateTime64(3, 'UTC'),
-    properties   String CODEC(ZSTD(3)),
-    source       LowCardinality(String),
-    inserted_at  DateTime64(3, 'UTC') DEFAULT now64(3),
-    plan         LowCardinality(String) MATERIALIZED JSONExtractString(properties, 'plan'),
-    PROJECTION by_customer (SELECT * ORDER BY workspace, customer_id, timestamp)
-)
-ENGINE = MergeTree
-PARTITION BY toYYYYMM(timestamp)
-ORDER BY (workspace, toDate(timestamp), name, cityHash64(customer_id))
-""", "plan"),
+    "time_name+proj": _candidate(
+        "(workspace, toDate(timestamp), name, cityHash64(customer_id))",
+        extra=",\n    PROJECTION by_customer (SELECT * ORDER BY workspace, customer_id, timestamp)"),
 }
-
 
 def generate_sql(table: str, n: int, end: str) -> str:
     names = "[" + ",".join(f"'{x}'" for x in NAMES) + "]"
