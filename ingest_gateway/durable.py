@@ -10,7 +10,7 @@ ordered). Each acknowledged chunk leaves a ``Mark``: the last spool seq it held 
 broker offset per partition. The stack (``cli.ledger``) checks marks against what the
 processors stored and ``release``s the spool up to there; whatever was not released is sent
 again, in order, after a broker restart (``reconnect``) or at the next start (``start``).
-Message ids and ClickHouse's ReplacingMergeTree make that re-send idempotent under FINAL;
+Message ids make that re-send idempotent (the events sink stores each id once, whenever it comes);
 a re-sent record carries the ``goalstream-resent`` header, for the one change that is not
 idempotent (an array item without an id, which the customers sink then appends only once).
 

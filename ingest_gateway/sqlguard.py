@@ -101,7 +101,7 @@ IN_FUNCTIONS = {
 # unit tests fail while a view in the schema is neither here nor in OPERATOR_ONLY_VIEWS.
 TENANT_VIEWS = {
     "events_typed", "customers_typed", "customer_identities", "goal_customers", "goal_conversion_by_cohort",
-    "goal_action_completion",
+    "goal_action_completion", "customers_current", "events_daily", "goal_conversion_daily",
 }
 OPERATOR_ONLY_VIEWS: set[str] = set()
 # Tables without a `workspace` column that a workspace may still read, and the filter that

@@ -36,6 +36,12 @@ class CommonSettings(BaseSettings):
     sql_max_result_bytes: int = Field(default=512 * 1024 * 1024, ge=1, validation_alias=_env("sql_max_result_bytes", "GOALSTREAM_SQL_MAX_RESULT_BYTES"))
     sql_max_memory_bytes: int = Field(default=2 * 1024**3, ge=1024**2, validation_alias=_env("sql_max_memory_bytes", "GOALSTREAM_SQL_MAX_MEMORY_BYTES"))
     sql_concurrency: int = Field(default=2, ge=1, le=16, validation_alias=_env("sql_concurrency", "GOALSTREAM_SQL_CONCURRENCY"))
+    # Retention in days (0: keep forever), applied as table TTLs at every start: score
+    # history (propensity_scores), webhook attempts, dead letters (kept by default: each is
+    # an event that can still be replayed).
+    retention_scores_days: int = Field(default=90, ge=0, le=36_500, validation_alias=_env("retention_scores_days", "GOALSTREAM_RETENTION_SCORES_DAYS"))
+    retention_webhook_attempts_days: int = Field(default=30, ge=0, le=36_500, validation_alias=_env("retention_webhook_attempts_days", "GOALSTREAM_RETENTION_WEBHOOK_ATTEMPTS_DAYS"))
+    retention_deadletters_days: int = Field(default=0, ge=0, le=36_500, validation_alias=_env("retention_deadletters_days", "GOALSTREAM_RETENTION_DEADLETTERS_DAYS"))
     # At most this many log lines per (logger, message) per interval; the rest are
     # counted and reported as one "suppressed K similar messages" line. 0: no limit.
     log_rate_limit: int = Field(default=20, ge=0, validation_alias=_env("log_rate_limit", "GOALSTREAM_LOG_RATE_LIMIT"))
@@ -49,6 +55,15 @@ class CommonSettings(BaseSettings):
     def clickhouse_dsn(self) -> str:
         # An absolute path: clickhouse-connect would read chdb://var/x as host "var", database "x".
         return self.clickhouse or f"chdb://{(self.data_dir / 'clickhouse').resolve()}"
+
+    @property
+    def retention(self) -> dict[str, int]:
+        """Table -> days its rows are kept (0: forever), for ``Warehouse.retain``."""
+        return {
+            "propensity_scores": self.retention_scores_days,
+            "webhook_attempts": self.retention_webhook_attempts_days,
+            "deadletters": self.retention_deadletters_days,
+        }
 
     def config_path(self, cwd: Path | None = None) -> Path | None:
         """--config, else goalstream.toml in the working directory if present, else None (dev defaults)."""
@@ -107,8 +122,12 @@ class WorkerSettings(CommonSettings):
     session_timeout_s: float = Field(default=10.0, gt=0, validation_alias=_env("session_timeout_s", "GOALSTREAM_SESSION_TIMEOUT_S"))
     customer_cache_size: int = Field(default=200_000, ge=0, validation_alias=_env("customer_cache_size", "GOALSTREAM_CUSTOMER_CACHE_SIZE"))
     # How many recent message ids a worker remembers to drop a resent event before it is
-    # inserted (ReplacingMergeTree on message_id collapses any that get past, under FINAL).
+    # inserted without asking ClickHouse (a replay after a restart is mostly these).
     dedup_window: int = Field(default=200_000, ge=0, validation_alias=_env("dedup_window", "GOALSTREAM_DEDUP_WINDOW"))
+    # Every id is also checked against all ids stored (a Bloom filter, 2-4 bytes per stored
+    # event in each worker's memory, confirmed in ClickHouse): events holds one row per
+    # (workspace, message_id) whenever the resend comes. Off: the window alone.
+    exact_dedup: bool = Field(default=True, validation_alias=_env("exact_dedup", "GOALSTREAM_EXACT_DEDUP"))
     # Scoring: a likelihood is published when it first exists or moves by at least this much.
     propensity_threshold: float = Field(default=0.05, ge=0, le=1, validation_alias=_env("propensity_threshold", "GOALSTREAM_PROPENSITY_THRESHOLD"))
     # How often a worker looks for models trained elsewhere (and refreshes base rates).

@@ -25,6 +25,10 @@ import clickhouse_connect
 DDL_DIR = Path(__file__).parent / "clickhouse"
 _DDL_FILE = re.compile(r"^(\d{4})_[\w-]+\.sql$")
 log = logging.getLogger("goalstream.warehouse")
+# The tables whose retention is configurable (settings.CommonSettings.retention), and the
+# time their TTL counts from.
+RETENTION_COLUMNS = {"propensity_scores": "scored_at", "webhook_attempts": "attempted_at", "deadletters": "failed_at"}
+_TTL_DAYS = re.compile(r"\bTTL\b.*?toIntervalDay\((\d+)\)")
 
 
 class WarehouseError(Exception):
@@ -213,8 +217,9 @@ class Warehouse:
         except WarehouseError:
             return False
 
-    async def migrate(self) -> list[str]:
-        """Apply the DDL files not applied yet; returns the names applied now."""
+    async def migrate(self, upto: int | None = None) -> list[str]:
+        """Apply the DDL files not applied yet (up to version ``upto``: tests build an older
+        schema with it); returns the names applied now."""
         await self.command(
             "CREATE TABLE IF NOT EXISTS schema_migrations (version UInt32, name String, "
             "applied_at DateTime DEFAULT now()) ENGINE = MergeTree ORDER BY version"
@@ -222,7 +227,7 @@ class Warehouse:
         done = {r["version"] for r in await self.rows("SELECT version FROM schema_migrations")}
         applied = []
         for version, name, statements in migrations():
-            if version in done:
+            if version in done or (upto is not None and version > upto):
                 continue
             for statement in statements:
                 await self.command(statement)
@@ -230,3 +235,26 @@ class Warehouse:
             log.info("applied ClickHouse migration %s", name)
             applied.append(name)
         return applied
+
+    async def retain(self, days: dict[str, int]) -> list[str]:
+        """Set each table's TTL to ``days[table]`` days of its time column (0: none), where it
+        differs from what the table has; returns the tables changed. ClickHouse drops expired
+        rows in its background merges (whole parts when a partition has expired)."""
+        changed = []
+        for table, n in days.items():
+            column = RETENTION_COLUMNS[table]
+            rows = await self.rows(
+                "SELECT engine_full FROM system.tables WHERE database = currentDatabase() AND name = {t:String}", {"t": table}
+            )
+            if not rows:
+                continue
+            m = _TTL_DAYS.search(rows[0]["engine_full"])
+            if (int(m[1]) if m else 0) == n:
+                continue
+            if n:
+                await self.command(f"ALTER TABLE {table} MODIFY TTL toDateTime({column}) + toIntervalDay({int(n)})")
+            else:
+                await self.command(f"ALTER TABLE {table} REMOVE TTL")
+            log.info("retention of %s set to %s", table, f"{n} days" if n else "forever")
+            changed.append(table)
+        return changed

@@ -149,7 +149,7 @@ class Processors:
         # Dead letters, propensity changes and recommended actions all go out through this one.
         # Not idempotent: what it sends carries deterministic ids, so a retry duplicate is recognisable.
         self.producer = RecordProducer(settings.kafka_bootstrap, idempotence=False)
-        self.events = EventsSink(warehouse, dedup_window=settings.dedup_window)
+        self.events = EventsSink(warehouse, dedup_window=settings.dedup_window, exact=settings.exact_dedup)
         self.customers = CustomersSink(warehouse, cache_size=settings.customer_cache_size)
         self.deadletters = DeadLettersSink(warehouse)
         self.scorer = Scorer(settings, config, warehouse, self.producer, is_leader=self._owns_partition_zero, models=models)

@@ -20,10 +20,12 @@ are revoked.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from collections import OrderedDict
 from typing import Any, Iterable, Iterator, Sequence
 
+import numpy as np
 import orjson
 
 from schemas import codec, model
@@ -32,6 +34,7 @@ from schemas.warehouse import Warehouse
 from . import customers as cust
 from .errors import BadRecord
 from .runtime import Item, headers_of
+from .storedids import EXISTING_SQL, SEED_SQL as STORED_SEED_SQL, StoredIds, key_hashes
 
 _LEADING = ("message_id", "workspace")
 EVENT_COLUMNS = ("message_id", "workspace", "customer_id", "anonymous_id", "name", "timestamp", "received_at", "properties", "source")
@@ -93,24 +96,67 @@ SEED_SQL = (
 
 
 class EventsSink:
-    def __init__(self, warehouse: Warehouse, *, dedup_window: int):
+    """One row per (workspace, message_id) in ``events``: an id is dropped when this batch
+    already has it, when it was stored recently (``seen``, the last ``dedup_window`` ids,
+    exact and free), or when ``events`` holds it from any time before (``stored``, a Bloom
+    filter of every id stored, confirmed in ClickHouse: ``storedids``)."""
+
+    def __init__(self, warehouse: Warehouse, *, dedup_window: int, exact: bool = True):
         self.warehouse = warehouse
         self.dedup_window = dedup_window
+        self.exact = exact
         self.seen = RecentIds(dedup_window)  # recent (workspace, message_id)
-        self._seeded = dedup_window == 0
+        self.stored: StoredIds | None = None
+        self._seeded = not (dedup_window or exact)
 
     def reseed(self, _assigned: Any = None) -> None:
         """Read the stored ids again before the next write (partitions were assigned: what
         they carry next may resend what another worker stored)."""
-        self._seeded = self.dedup_window == 0
+        self._seeded = not (self.dedup_window or self.exact)
 
     async def _seed(self) -> None:
         # Inside the write, so a ClickHouse that is away fails the batch into the runtime's retries.
-        raw = await self.warehouse.raw(SEED_SQL, "JSONCompactEachRow", {"n": self.dedup_window})
-        keys = [tuple(orjson.loads(line)) for line in raw.splitlines() if line]
-        keys.reverse()  # oldest first: the newest stay longest
-        self.seen.update(keys)
+        if self.dedup_window:
+            raw = await self.warehouse.raw(SEED_SQL, "JSONCompactEachRow", {"n": self.dedup_window})
+            keys = [tuple(orjson.loads(line)) for line in raw.splitlines() if line]
+            keys.reverse()  # oldest first: the newest stay longest
+            self.seen.update(keys)
+        if self.exact:
+            hashes = np.frombuffer(await self.warehouse.raw(STORED_SEED_SQL, "RowBinary"), dtype="<u4")
+            capacity = 2 * self.stored.count if self.stored is not None and self.stored.full else 0
+            # ~2 s for 10M ids: off the loop.
+            self.stored = await asyncio.get_running_loop().run_in_executor(
+                None, lambda: StoredIds(hashes, capacity=capacity)
+            )
         self._seeded = True
+
+    async def _absent(self, kept: list[Any], fresh: dict[tuple[str, str], None]) -> tuple[list[Any], dict[tuple[str, str], None], Any]:
+        """Of ``_unseen``'s payloads and ids, those ``events`` does not hold, and their hashes
+        (``_remember`` adds them to ``stored`` once inserted)."""
+        if self.stored is None or not fresh:
+            return kept, fresh, None
+        keys = list(fresh)
+        hashes = key_hashes(keys)
+        maybe = self.stored.maybe(hashes)
+        if not maybe.any():
+            return kept, fresh, hashes
+        by_ws: dict[str, list[str]] = {}
+        for (ws, mid), m in zip(keys, maybe.tolist()):
+            if m:
+                by_ws.setdefault(ws, []).append(mid)
+        found = set()
+        for ws, mids in by_ws.items():
+            rows = await self.warehouse.rows(EXISTING_SQL, {"ws": ws, "ids": mids})
+            found.update((ws, r["message_id"]) for r in rows)
+        if not found:
+            return kept, fresh, hashes
+        keep = [k not in found for k in keys]
+        self.seen.update(found)  # a resend of a resend needs no lookup
+        return (
+            [p for p, k in zip(kept, keep) if k],
+            {key: None for key, k in zip(keys, keep) if k},
+            hashes[np.array(keep, dtype=bool)],
+        )
 
     def _unseen(self, keyed: Iterable[tuple[tuple[str, str], Any]]) -> tuple[list[Any], dict[tuple[str, str], None]]:
         """A client that resends (same Segment messageId, Customer.io event id) gets its event
@@ -124,21 +170,26 @@ class EventsSink:
             kept.append(payload)
         return kept, fresh
 
-    def _remember(self, fresh: dict[tuple[str, str], None]) -> None:
+    def _remember(self, fresh: dict[tuple[str, str], None], hashes: Any) -> None:
         if self.dedup_window:
             self.seen.update(fresh)
+        if self.stored is not None and hashes is not None:
+            self.stored.add(hashes)
+            if self.stored.full:
+                self._seeded = False  # rebuilt at twice the size before the next write
 
     async def write(self, batch: Sequence[Item]) -> None:
         if not self._seeded:
             await self._seed()
         kept, fresh = self._unseen(((i.record["workspace"], i.record["message_id"]), i.record) for i in batch)
+        kept, fresh, hashes = await self._absent(kept, fresh)
         # The token covers the whole batch, so a replay of it is recognised however it filters.
         token = batch_token("events", [i.message for i in batch], (i.record["message_id"] for i in batch))
         if kept:
             # Column by column (no transposition in the client); timestamps stay int ms.
             columns = [[r[c] for r in kept] for c in EVENT_COLUMNS]
             await self.warehouse.insert("events", columns, EVENT_COLUMNS, token, column_oriented=True)
-        self._remember(fresh)
+        self._remember(fresh, hashes)
 
     async def write_raw(self, batch: Sequence[tuple[Any, codec.Schema]]) -> None:
         """The same, with ClickHouse decoding the Avro (``FORMAT Avro`` over the messages'
@@ -163,11 +214,12 @@ class EventsSink:
             kept, fresh = self._unseen(keyed())
         except codec.SchemaError as exc:
             raise BadRecord(str(exc)) from None
+        kept, fresh, hashes = await self._absent(kept, fresh)
         # What ``write`` derives for the same batch.
         token = batch_token("events", [m for m, _ in batch], ids)
         if kept:
             await self.warehouse.insert_avro("events", codec.container(schema, kept), EVENT_COLUMNS, token)
-        self._remember(fresh)
+        self._remember(fresh, hashes)
 
 
 class CustomersSink:

@@ -39,6 +39,7 @@ async def open_warehouse(settings: CommonSettings, stops: Stops, *, migrate: boo
     await warehouse.open()
     if migrate:
         await warehouse.migrate()
+        await warehouse.retain(settings.retention)
     return warehouse
 
 

@@ -222,7 +222,7 @@ class Traitly(Dialect):
             params.update(cts=ts, cmid=mid)
         rows = await self.services.read(
             "SELECT message_id, customer_id, name, toUnixTimestamp64Milli(timestamp) AS ts, properties "
-            f"FROM events FINAL WHERE {' AND '.join(where)} ORDER BY timestamp, message_id LIMIT {{n:UInt32}}",
+            f"FROM events WHERE {' AND '.join(where)} ORDER BY timestamp, message_id LIMIT {{n:UInt32}}",
             params,
         )
         page, more = rows[:limit], len(rows) > limit

@@ -179,13 +179,13 @@ async def load_states(
         f"SELECT who, name, {', '.join(cols)} FROM ("
         "  SELECT if(customer_id = '', anonymous_id, customer_id) AS who, name, toUnixTimestamp64Milli(timestamp) AS t,"
         "         transform(who, {mids:Array(String)}, {entries:Array(Int64)}, toInt64(0)) AS e"
-        "  FROM events FINAL WHERE workspace = {ws:String} AND customer_id IN {mids:Array(String)}"
+        "  FROM events WHERE workspace = {ws:String} AND customer_id IN {mids:Array(String)}"
         # Apart, not OR-ed: each half then reads only its customers' granules (the sort key
         # starts with workspace, customer_id; anonymous events are the customer_id = '' range).
         "  UNION ALL"
         "  SELECT anonymous_id AS who, name, toUnixTimestamp64Milli(timestamp) AS t,"
         "         transform(who, {mids:Array(String)}, {entries:Array(Int64)}, toInt64(0)) AS e"
-        "  FROM events FINAL WHERE workspace = {ws:String} AND customer_id = '' AND anonymous_id IN {mids:Array(String)}"
+        "  FROM events WHERE workspace = {ws:String} AND customer_id = '' AND anonymous_id IN {mids:Array(String)}"
         ") GROUP BY who, name",
         {"ws": workspace, "mids": mids, "entries": [entered[members[m]] for m in mids]},
     )
@@ -238,7 +238,7 @@ async def labelled(
         "SELECT cid, name, groupArray(t) AS ts FROM ("
         "  SELECT if(i.customer_id = '', if(e.customer_id = '', e.anonymous_id, e.customer_id), i.customer_id) AS cid,"
         "         e.name AS name, toUnixTimestamp64Milli(e.timestamp) AS t"
-        "  FROM events AS e FINAL"
+        "  FROM events AS e"
         "  LEFT JOIN customer_identities AS i"
         "    ON i.workspace = e.workspace AND i.merged_id = if(e.customer_id = '', e.anonymous_id, e.customer_id)"
         "  WHERE e.workspace = {ws:String} AND e.timestamp >= fromUnixTimestamp64Milli({first:Int64})"

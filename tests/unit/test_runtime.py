@@ -17,6 +17,7 @@ from stream_processors.errors import ProcessorError
 from stream_processors.retry import Backoff
 from stream_processors.runtime import BatchRuntime, Item, ListSink, Progress
 from stream_processors.sinks import CustomersSink, DeadLettersSink, EventsSink, batch_token
+from stream_processors.storedids import EXISTING_SQL, key_hashes
 
 FAST = Backoff(first=0.001, factor=1.0, cap=0.001, jitter=0.0)
 
@@ -258,12 +259,18 @@ class Warehouse:
         self.log.append(f"insert {table} avro")
 
     async def rows(self, sql, params=None):
+        if sql == EXISTING_SQL:  # the events sink's exact check: which of these ids are stored
+            self.log.append("rows existing")
+            return [{"message_id": m} for w, m in getattr(self, "stored", []) if w == params["ws"] and m in params["ids"]]
         return self._rows
 
     async def raw(self, sql, fmt, params=None, *, readonly=False):
-        # What ClickHouse stored last: the events sink's seed (``stored`` ids, JSONCompactEachRow).
+        # What ClickHouse stored: the events sink's seeds (``stored`` ids, newest first, as
+        # JSONCompactEachRow; all their hashes as RowBinary).
         self.log.append(f"raw {fmt}")
-        return b"".join(orjson.dumps(list(k)) + b"\n" for k in getattr(self, "stored", []))
+        if fmt == "RowBinary":
+            return key_hashes(getattr(self, "stored", [])).astype("<u4").tobytes()
+        return b"".join(orjson.dumps(list(k)) + b"\n" for k in getattr(self, "stored", [])[: (params or {}).get("n")])
 
 
 def test_batch_token_is_unchanged():
@@ -302,10 +309,37 @@ async def test_the_events_sink_first_remembers_what_clickhouse_stored_last_and_a
     raw = [event_msg(3, "c4", message_id="m4"), event_msg(4, "c4", message_id="m5")]
     await sink.write_raw([(m, codec.schema_of(m.headers)) for m in raw])
     assert wh.log.count("raw JSONCompactEachRow") == 2 and [r[0] for r in wh.inserts[-1][1]] == ["m5"]
-    # With no window there is nothing to remember, so nothing is read.
+    # With no window and no exact check there is nothing to remember, so nothing is read.
     none = Warehouse()
-    await EventsSink(none, dedup_window=0).write(batch)
-    assert "raw JSONCompactEachRow" not in none.log
+    await EventsSink(none, dedup_window=0, exact=False).write(batch)
+    assert not any(line.startswith("raw") for line in none.log)
+
+
+async def test_the_events_sink_drops_an_id_stored_long_before_and_keeps_a_filter_false_positive():
+    wh = Warehouse()
+    # Stored long ago: outside a window of 2, but every stored id is in the exact filter.
+    wh.stored = [("acme", f"new{i}") for i in range(5)] + [("acme", "old")]
+    sink = EventsSink(wh, dedup_window=2)
+    items = lambda *ids: [Item(m, model.EVENT, codec.decode(m.value, m.headers)[1]) for m in  # noqa: E731
+                          (event_msg(i, f"c{i}", message_id=mid) for i, mid in enumerate(ids))]
+    await sink.write(items("old", "fresh"))
+    assert [r[0] for r in wh.inserts[-1][1]] == ["fresh"] and wh.log.count("rows existing") == 1
+    # The filter says "perhaps" for an id ClickHouse does not hold (a false positive, forced
+    # here): the lookup says no, so it is stored, never dropped.
+    sink.stored.add(key_hashes([("acme", "looks-stored")]))
+    await sink.write(items("looks-stored"))
+    assert [r[0] for r in wh.inserts[-1][1]] == ["looks-stored"] and wh.log.count("rows existing") == 2
+    # What this sink stored is in the filter at once: a resend far outside the window is found.
+    for i in range(5):
+        await sink.write(items(f"pad{i}"))
+    wh.stored.append(("acme", "fresh"))
+    await sink.write(items("fresh", "other"))
+    assert [r[0] for r in wh.inserts[-1][1]] == ["other"]
+    # Off: the window alone (and no filter is read).
+    off = Warehouse()
+    off.stored = [("acme", "x"), ("acme", "y"), ("acme", "old")]  # newest first: old is outside the window
+    await EventsSink(off, dedup_window=2, exact=False).write(items("old"))
+    assert [r[0] for r in off.inserts[-1][1]] == ["old"] and "raw RowBinary" not in off.log
 
 
 async def test_the_events_sinks_raw_path_stores_the_same_rows_with_the_same_token():
