@@ -29,7 +29,7 @@ from schemas.kafka import RecordProducer
 from schemas.settings import GatewaySettings
 from schemas.warehouse import WarehouseBusy, WarehouseError
 
-from . import errors, ratelimit, sqlguard
+from . import errors, openapi, ratelimit, requestlog, sqlguard
 from .dialects import DIALECTS, Dialect, Services
 from .dialects.base import json_response, read_body
 from .health import Health
@@ -88,18 +88,36 @@ def _error_middleware(dialects: list[Dialect]):
         try:
             return await handler(request)
         except errors.GatewayError as exc:
+            requestlog.note_error(request, exc.message)
             if exc.status >= 500:
                 log.warning("%s %s -> %s: %s", request.method, request.path, exc.status, exc.message)
             return owner(request.path).render_error(exc, request)
         except web.HTTPException as exc:
             if exc.status < 400:
                 raise
-            return owner(request.path).render_error(_error_for(exc), request)
+            error = _error_for(exc)
+            requestlog.note_error(request, error.message)
+            return owner(request.path).render_error(error, request)
         except Exception:
             log.exception("unhandled error on %s %s", request.method, request.path)
-            return owner(request.path).render_error(errors.Internal("internal error; the request was not stored"), request)
+            error = errors.Internal("internal error; the request was not stored")
+            requestlog.note_error(request, error.message)
+            return owner(request.path).render_error(error, request)
 
     return middleware
+
+
+def _dialect_namer(dialects: list[Dialect]):
+    """The name of the dialect that owns a path (as ``_error_middleware`` picks it), or
+    "admin" for the admin API, health and docs, which no dialect claims."""
+
+    def name(path: str) -> str:
+        best, index = max(((d.claim(path), -i) for i, d in enumerate(dialects)))
+        if path.startswith("/admin/") or path in ("/healthz", "/openapi.json", "/docs"):
+            return "admin"
+        return dialects[-index].name if best else "-"
+
+    return name
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -268,9 +286,13 @@ def create_app(
     # Rate limits (off by default: then None, and nothing below changes the request path).
     limiter = ratelimit.RateLimiter.from_settings(settings)
     credentials = limiter.credentials(Credentials(config)) if limiter else Credentials(config)
+    credentials = requestlog.NotingCredentials(credentials)  # names the workspace on the access line
     services = Services(config=config, credentials=credentials, producer=producer, warehouse=warehouse, recommender=recommender, admission=admission)
     dialects = [d(services) for d in DIALECTS]
-    app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[_error_middleware(dialects), *ratelimit.middlewares(limiter)])
+    app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[
+        requestlog.middleware(_dialect_namer(dialects)), _error_middleware(dialects), *ratelimit.middlewares(limiter)
+    ])
+    requestlog.install(app)  # X-Request-Id on every response
     app[SERVICES] = services
     app[HEALTH] = health or Health()
     if local_token:
@@ -284,6 +306,7 @@ def create_app(
     app[HEALTH].add_probe("clickhouse", lambda: services.warehouse.ping() if services.warehouse is not None else _false())
     app.router.add_post("/admin/v1/sql", admin_sql)
     app.router.add_post("/admin/v1/train", admin_train)
+    openapi.add_routes(app)  # GET /openapi.json and /docs
 
     async def producer_ctx(app: web.Application) -> AsyncIterator[None]:
         await producer.start()

@@ -20,6 +20,10 @@ In order, ``install`` puts three filters on each root handler:
    message, the formatted traceback and the stack info. Hashed credentials
    (``sha256:...``) cannot be matched by value; the positional rules cover those.
 
+Formatting (``TextFormatter``, the default, or ``JsonFormatter``: one JSON object per line)
+comes after the filters, so what either prints has been redacted: the redactor also goes
+through a record's extra fields (request id, route, reason...), which JSON prints as keys.
+
 The secrets come from the entry point (``config_secrets``); the stack adds its per-run
 token with ``add_secrets`` once it has made one. Nothing here reads the environment.
 """
@@ -38,6 +42,7 @@ from typing import Any, Callable, Iterable
 from pydantic import BaseModel, SecretStr
 
 REDACTED = "[redacted]"
+ACCESS_LOGGER = "goalstream.access"  # ingest_gateway.requestlog's; not rate-limited
 # Names that carry a credential wherever they appear: api_token, writeKey, api-key,
 # api_secret, admin_token, password... (the name is kept, the value goes).
 _CRED_END = r"[\w.-]*(?:token|key|secret|password|passwd|signature)"
@@ -119,6 +124,13 @@ class Redactor(logging.Filter):
         return text
 
     def filter(self, record: logging.LogRecord) -> bool:
+        for name, value in extra_fields(record).items():
+            # Extra fields are printed as they are by the JSON formatter: strings (and
+            # anything that is not a plain number) are redacted like the message.
+            if isinstance(value, str):
+                setattr(record, name, self.redact(value))
+            elif value is not None and not isinstance(value, (bool, int, float)):
+                setattr(record, name, self.redact(str(value)))
         try:
             message = record.getMessage()
         except Exception:  # a bad format call: keep what there is, safely
@@ -133,6 +145,62 @@ class Redactor(logging.Filter):
         if record.stack_info:
             record.stack_info = self.redact(record.stack_info)
         return True
+
+
+# What every LogRecord has; anything else on a record came from ``extra=`` (or a filter).
+_STANDARD = frozenset(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime", "taskName", "_goalstream_summary"}
+
+
+def extra_fields(record: logging.LogRecord) -> dict[str, Any]:
+    return {k: v for k, v in record.__dict__.items() if k not in _STANDARD and not k.startswith("_")}
+
+
+class TextFormatter(logging.Formatter):
+    """``time LEVEL logger: message``, then the request id when the record has one (the
+    access line carries its own fields in its message)."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        rid = getattr(record, "request_id", None)
+        if rid and "request_id=" not in record.getMessage():
+            first, nl, rest = text.partition("\n")
+            text = f"{first} request_id={rid}{nl}{rest}"
+        return text
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: ``time`` (UTC, ISO 8601), ``level``, ``logger``,
+    ``message``, every extra field, and ``exc_info`` (the formatted traceback) if any.
+    orjson (already a dependency) escapes newlines, so a traceback stays on one line."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        import datetime
+
+        import orjson
+
+        entry: dict[str, Any] = {
+            "time": datetime.datetime.fromtimestamp(record.created, datetime.timezone.utc).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for name, value in extra_fields(record).items():
+            entry.setdefault(name, value)
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        if record.exc_text:
+            entry["exc_info"] = record.exc_text
+        if record.stack_info:
+            entry["stack_info"] = record.stack_info
+        return orjson.dumps(entry, default=str).decode()
+
+
+def formatter(fmt: str) -> logging.Formatter:
+    """``"json"`` or ``"text"`` (settings.log_format)."""
+    return JsonFormatter() if fmt == "json" else TextFormatter()
 
 
 def _http_processing_error() -> type[BaseException] | None:
@@ -223,8 +291,8 @@ class RateLimitFilter(logging.Filter):
         self._next_sweep = clock() + interval_s
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if getattr(record, "_goalstream_summary", False):
-            return True
+        if getattr(record, "_goalstream_summary", False) or record.name == ACCESS_LOGGER:
+            return True  # the access log is one line per request by design (README "Logs")
         now = self._clock()
         template = record.msg if isinstance(record.msg, str) else type(record.msg).__name__
         key = (record.name, template)

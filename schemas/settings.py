@@ -8,6 +8,7 @@ the object and never read the environment themselves.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -28,6 +29,8 @@ class CommonSettings(BaseSettings):
     topic_partitions: int = Field(default=4, ge=1, le=1024, validation_alias=_env("topic_partitions", "GOALSTREAM_TOPIC_PARTITIONS"))
     topic_replication: int = Field(default=1, ge=1, le=7, validation_alias=_env("topic_replication", "GOALSTREAM_TOPIC_REPLICATION"))
     log_level: str = Field(default="INFO", validation_alias=_env("log_level", "GOALSTREAM_LOG_LEVEL"))
+    # "text" for a terminal; "json": one object per line, for a log shipper (README "Logs").
+    log_format: Literal["text", "json"] = Field(default="text", validation_alias=_env("log_format", "GOALSTREAM_LOG_FORMAT"))
     # Admin SQL (`goalstream sql`, POST /admin/v1/sql): per-query limits and concurrency.
     sql_max_execution_s: float = Field(default=10.0, gt=0, le=3600, validation_alias=_env("sql_max_execution_s", "GOALSTREAM_SQL_MAX_EXECUTION_S"))
     sql_max_rows_to_read: int = Field(default=1_000_000_000, ge=1, validation_alias=_env("sql_max_rows_to_read", "GOALSTREAM_SQL_MAX_ROWS_TO_READ"))

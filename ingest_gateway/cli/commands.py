@@ -37,6 +37,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kafka-port", type=int, dest="kafka_port", help="the embedded broker's port (default 9092)")
     p.add_argument("--clickhouse", help="ClickHouse DSN (default chdb://<data-dir>/clickhouse)")
     p.add_argument("--log-level", dest="log_level")
+    p.add_argument("--log-format", dest="log_format", choices=["text", "json"], help="text (default) or json: one object per line")
 
 
 def _http(p: argparse.ArgumentParser) -> None:
@@ -102,10 +103,16 @@ def _settings(cls: type[CommonSettings], args: argparse.Namespace) -> Any:
 
 def _setup_logging(settings: CommonSettings, config: GoalstreamConfig) -> None:
     """stderr, with every record filtered on its way (ingest_gateway/logsafe.py): aiohttp's
-    parser errors made one line, floods rate-limited, every configured secret redacted."""
-    from .. import logsafe
+    parser errors made one line, floods rate-limited, every configured secret redacted;
+    each record stamped with the request it was logged in (ingest_gateway/requestlog.py)
+    and formatted as text or one JSON object per line (``--log-format``)."""
+    from .. import logsafe, requestlog
 
-    logging.basicConfig(level=settings.log_level.upper(), stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=settings.log_level.upper(), stream=sys.stderr)
+    for handler in logging.getLogger().handlers:
+        handler.setFormatter(logsafe.formatter(settings.log_format))
+        if not any(isinstance(f, requestlog.ContextFilter) for f in handler.filters):
+            handler.addFilter(requestlog.ContextFilter())  # before the redactor, which then sees its fields
     for noisy in ("faust", "mode", "aiokafka", "aiohttp.access"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
     logsafe.install(
