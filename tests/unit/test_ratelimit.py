@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from ingest_gateway import errors, ratelimit
+from ingest_gateway import errors, ratelimit, requestlog
 from ingest_gateway.app import SERVICES, create_app
 from schemas.config import Credentials, parse_config
 from schemas.settings import GatewaySettings
@@ -66,8 +66,10 @@ def test_off_by_default_installs_nothing():
     assert ratelimit.RateLimiter.from_settings(settings) is None
     assert ratelimit.middlewares(None) == []
     app = create_app(settings, CONFIG, producer=MemoryProducer(), warehouse=NoWarehouse())
-    assert type(app[SERVICES].credentials) is Credentials
-    assert len(app.middlewares) == 1  # the error middleware alone
+    credentials = app[SERVICES].credentials
+    # Only the access log's wrapper (it names the workspace) around the plain Credentials.
+    assert type(credentials) is requestlog.NotingCredentials and type(credentials._inner) is Credentials
+    assert not any(m.__name__ == "rate_limit_middleware" for m in app.middlewares)
 
 
 def test_bursts_default_to_one_second():
