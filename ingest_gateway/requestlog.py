@@ -29,6 +29,7 @@ from aiohttp import web
 
 access_log = logging.getLogger("goalstream.access")
 HEADER = "X-Request-Id"
+MAX_PATH = 200  # of an unrouted path on the access line
 _VALID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("goalstream_request_id", default=None)
 _ID = web.RequestKey("goalstream_request_id", str)
@@ -90,7 +91,10 @@ def _route(request: web.Request) -> str:
     resource = getattr(route, "resource", None)  # None for aiohttp's own 404/405
     if resource is not None:
         return resource.canonical
-    return request.path  # no route matched: the path, never the query string
+    # No route matched: the path as sent (still percent-encoded, so a %0A cannot start a
+    # forged log line), bounded, never the query string.
+    path = request.rel_url.raw_path
+    return path if len(path) <= MAX_PATH else path[:MAX_PATH] + "..."
 
 
 def middleware(dialect_of: Callable[[str], str]):

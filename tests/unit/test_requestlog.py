@@ -173,3 +173,15 @@ def test_json_lines_redact_extra_fields():
     entry = json.loads(line)
     assert entry["message"] == "multi\nline [redacted]" and entry["reason"] == "bad [redacted]"
     assert "x1" not in line and entry["level"] == "WARNING" and entry["logger"] == "test.requestlog.json"
+
+
+async def test_an_unrouted_path_cannot_forge_a_log_line(captured):
+    fmt, stream = captured
+    client = await _client()
+    try:
+        resp = await client.get("/nowhere%0A2026-01-01 00:00:00,000 INFO goalstream.access: forged" + "x" * 300)
+    finally:
+        await client.close()
+    assert resp.status == 404
+    [line] = [ln for ln in stream.getvalue().splitlines() if "goalstream.access" in ln]
+    assert "%0A" in line and "x" * 201 not in line
