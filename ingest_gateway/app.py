@@ -290,7 +290,7 @@ def create_app(
     services = Services(config=config, credentials=credentials, producer=producer, warehouse=warehouse, recommender=recommender, admission=admission)
     dialects = [d(services) for d in DIALECTS]
     app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[
-        requestlog.middleware(_dialect_namer(dialects)), _error_middleware(dialects), *ratelimit.middlewares(limiter)
+        requestlog.middleware(_dialect_namer(dialects), settings.access_log), _error_middleware(dialects), *ratelimit.middlewares(limiter)
     ])
     requestlog.install(app)  # X-Request-Id on every response
     app[SERVICES] = services

@@ -97,9 +97,11 @@ def _route(request: web.Request) -> str:
     return path if len(path) <= MAX_PATH else path[:MAX_PATH] + "..."
 
 
-def middleware(dialect_of: Callable[[str], str]):
+def middleware(dialect_of: Callable[[str], str], which: str = "all"):
     """The outermost middleware: id in, access line out. ``dialect_of(path)`` names the
-    dialect that owns a path (the one that renders its errors)."""
+    dialect that owns a path (the one that renders its errors); ``which`` is
+    ``settings.access_log``: "all" requests, only "errors" (4xx/5xx), or "off"."""
+    least = {"all": 0, "errors": 400}.get(which, 1000)
 
     @web.middleware
     async def request_log(request: web.Request, handler) -> web.StreamResponse:
@@ -119,28 +121,35 @@ def middleware(dialect_of: Callable[[str], str]):
             exc.headers[HEADER] = rid
             raise
         finally:
-            fields: dict[str, Any] = {
-                "method": request.method,
-                "route": _route(request),
-                "status": status,
-                "duration_ms": round((time.perf_counter() - started) * 1000, 2),
-                "dialect": dialect_of(request.path),
-                "request_id": rid,
-            }
-            if (ws := notes.get("workspace")) is not None:
-                fields["workspace"] = ws
-            reason = request.get(_ERROR) if status >= 400 else None
-            if reason is not None:
-                fields["reason"] = reason
-            text = "%(method)s %(route)s %(status)d %(duration_ms).1fms dialect=%(dialect)s" + (
-                " workspace=%(workspace)s" if "workspace" in fields else ""
-            ) + (" reason=%(reason)r" if reason is not None else "")
             level = logging.WARNING if status >= 500 else logging.INFO
-            access_log.log(level, text, fields, extra=fields)
+            if status >= least and access_log.isEnabledFor(level):
+                _log_access(request, status, level, started, dialect_of, notes, rid)
             request_id.reset(token)
             _noted.reset(notes_token)
 
     return request_log
+
+
+def _log_access(request: web.Request, status: int, level: int, started: float, dialect_of: Callable[[str], str],
+                notes: dict[str, str], rid: str) -> None:
+    """The access line, its fields as extras (JSON prints them as keys)."""
+    fields: dict[str, Any] = {
+        "method": request.method,
+        "route": _route(request),
+        "status": status,
+        "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+        "dialect": dialect_of(request.path),
+        "request_id": rid,
+    }
+    if (ws := notes.get("workspace")) is not None:
+        fields["workspace"] = ws
+    reason = request.get(_ERROR) if status >= 400 else None
+    if reason is not None:
+        fields["reason"] = reason
+    text = "%(method)s %(route)s %(status)d %(duration_ms).1fms dialect=%(dialect)s" + (
+        " workspace=%(workspace)s" if "workspace" in fields else ""
+    ) + (" reason=%(reason)r" if reason is not None else "")
+    access_log.log(level, text, fields, extra=fields)
 
 
 async def on_prepare(request: web.Request, response: web.StreamResponse) -> None:

@@ -85,6 +85,8 @@ class GatewaySettings(CommonSettings):
     max_body_bytes: int = Field(default=16 * 1024 * 1024, validation_alias=_env("max_body_bytes", "GOALSTREAM_MAX_BODY_BYTES"))
     produce_timeout_s: float = Field(default=15.0, gt=0, validation_alias=_env("produce_timeout_s", "GOALSTREAM_PRODUCE_TIMEOUT_S"))
     kafka_idempotence: bool = Field(default=True, validation_alias=_env("kafka_idempotence", "GOALSTREAM_KAFKA_IDEMPOTENCE"))
+    # The access log (README "Logs"): a line per request, only 4xx/5xx ones, or none.
+    access_log: Literal["all", "errors", "off"] = Field(default="all", validation_alias=_env("access_log", "GOALSTREAM_ACCESS_LOG"))
     # Rate limits (ingest_gateway/ratelimit.py), all off (0) by default. Requests per
     # second per credential (a dialect's credential of one workspace) and per workspace
     # (all its credentials together), each with a burst (0: one second's worth, at least

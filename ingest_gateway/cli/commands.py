@@ -46,6 +46,8 @@ def _http(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tls-cert", type=Path, dest="tls_cert")
     p.add_argument("--tls-key", type=Path, dest="tls_key")
     p.add_argument("--tls-port", type=int, dest="tls_port")
+    p.add_argument("--access-log", dest="access_log", choices=["all", "errors", "off"],
+                   help="a log line per request (default all), per 4xx/5xx only, or none")
 
 
 def parser() -> argparse.ArgumentParser:

@@ -77,8 +77,8 @@ def captured(request):
         lg.setLevel(level)
 
 
-async def _client() -> TestClient:
-    app = create_app(GatewaySettings(), CONFIG, producer=Producer(), warehouse=Warehouse())
+async def _client(**settings) -> TestClient:
+    app = create_app(GatewaySettings(**settings), CONFIG, producer=Producer(), warehouse=Warehouse())
     client = TestClient(TestServer(app))
     await client.server.start_server(auto_decompress=False, max_line_size=MAX_LINE)
     await client.start_server()
@@ -185,3 +185,16 @@ async def test_an_unrouted_path_cannot_forge_a_log_line(captured):
     assert resp.status == 404
     [line] = [ln for ln in stream.getvalue().splitlines() if "goalstream.access" in ln]
     assert "%0A" in line and "x" * 201 not in line
+
+
+@pytest.mark.parametrize("which, logged", [("errors", ["/api/v1/event 401"]), ("off", [])])
+async def test_access_log_errors_only_or_off(captured, which, logged):
+    fmt, stream = captured
+    client = await _client(access_log=which)
+    try:
+        assert (await client.get("/openapi.json")).status == 200
+        await client.post("/api/v1/event", json=[])
+    finally:
+        await client.close()
+    lines = [ln for ln in stream.getvalue().splitlines() if "goalstream.access" in ln]
+    assert len(lines) == len(logged) and all(want in ln for want, ln in zip(logged, lines))
