@@ -112,9 +112,9 @@ def _dialect_namer(dialects: list[Dialect]):
     "admin" for the admin API, health and docs, which no dialect claims."""
 
     def name(path: str) -> str:
-        best, index = max(((d.claim(path), -i) for i, d in enumerate(dialects)))
         if path.startswith("/admin/") or path in ("/healthz", "/openapi.json", "/docs"):
             return "admin"
+        best, index = max(((d.claim(path), -i) for i, d in enumerate(dialects)))
         return dialects[-index].name if best else "-"
 
     return name

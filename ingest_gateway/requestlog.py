@@ -32,8 +32,10 @@ HEADER = "X-Request-Id"
 MAX_PATH = 200  # of an unrouted path on the access line
 _VALID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("goalstream_request_id", default=None)
-_ID = web.RequestKey("goalstream_request_id", str)
-_ERROR = web.RequestKey("goalstream_error", str)
+# Typed request keys where aiohttp has them (3.12+), plain strings before.
+_KEY: Any = getattr(web, "RequestKey", None)
+_ID: Any = _KEY("goalstream_request_id", str) if _KEY else "goalstream_request_id"
+_ERROR: Any = _KEY("goalstream_error", str) if _KEY else "goalstream_error"
 # The workspace the request authenticated as, noted by ``NotingCredentials`` (a dict per
 # request, so a keep-alive connection's next request starts empty).
 _noted: contextvars.ContextVar[dict[str, str] | None] = contextvars.ContextVar("goalstream_request_notes", default=None)
