@@ -38,7 +38,7 @@ import asyncio
 import logging
 import secrets
 
-from schemas import topics
+from schemas import metrics, topics
 from schemas.config import GoalstreamConfig
 from schemas.kafka import RecordProducer, end_offsets, ensure_topics
 from schemas.settings import StackSettings
@@ -352,6 +352,9 @@ class Stack(Process):
     async def open(self) -> list[str]:
         s = self.settings
         s.data_dir.mkdir(parents=True, exist_ok=True)
+        # Before any child starts: the fronts and the scoring process write their metrics
+        # there too, and a scrape of any front merges them all (schemas/metrics.py).
+        metrics.use_directory(metrics.directory_of(s.data_dir))
         self.stops.push("the run file", self._remove_run_file)  # pushed first: removed last
         self.stops.push("the broker", self._stop_broker, BROKER_STOP_S)
         await self._start_broker()
@@ -413,6 +416,8 @@ class Stack(Process):
         if isinstance(self.sink, SpooledSink):
             detail["spool"] = self.sink.spool.stats()
         self.health.detail("backlog", detail)
+        if self.processors is not None:
+            self.processors.observe_lag()
         self._push_admission(always=True)  # every tick: a front started meanwhile, a backlog that moved
 
     # -- the broker's death, and its recycling ---------------------------------------------
