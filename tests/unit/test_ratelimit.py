@@ -67,7 +67,7 @@ def test_off_by_default_installs_nothing():
     assert ratelimit.middlewares(None) == []
     app = create_app(settings, CONFIG, producer=MemoryProducer(), warehouse=NoWarehouse())
     assert type(app[SERVICES].credentials) is Credentials
-    assert len(app.middlewares) == 1  # the error middleware alone
+    assert len(app.middlewares) == 2  # the metrics and error middlewares alone
 
 
 def test_bursts_default_to_one_second():
