@@ -352,14 +352,15 @@ class Stack(Process):
     async def open(self) -> list[str]:
         s = self.settings
         s.data_dir.mkdir(parents=True, exist_ok=True)
-        # Before any child starts: the fronts and the scoring process write their metrics
-        # there too, and a scrape of any front merges them all (schemas/metrics.py).
-        metrics.use_directory(metrics.directory_of(s.data_dir))
         self.stops.push("the run file", self._remove_run_file)  # pushed first: removed last
         self.stops.push("the broker", self._stop_broker, BROKER_STOP_S)
         await self._start_broker()
         self.warehouse = await open_warehouse(s, self.stops, admin_concurrency=s.sql_concurrency)
         self.health.set("clickhouse", "up")
+        # Before any Python child starts and any metric is counted, and only once chDB's lock
+        # is ours (a second `up` on this data dir must not empty the running one's files): the
+        # fronts and the scoring process write there too, a scrape merges them all (schemas/metrics.py).
+        metrics.use_directory(metrics.directory_of(s.data_dir))
         # One model store for the scorer and the API, so both serve a new model at once.
         self.models = ModelStore(self.warehouse, ttl_s=s.model_refresh_s)
         self.stops.push("the processors", self._stop_processors, DISPATCHER_STOP_S + PROCESSORS_STOP_S + 5)
