@@ -189,7 +189,14 @@ class _Consumer(_Alone):
             # First: /healthz answers 503 "waiting" while the broker is not up yet.
             server = HealthPort(s.health_host, port, health)
             self.stops.push("the health port", server.stop, 5.0)
-            urls.append(await server.start())
+            try:
+                urls.append(await server.start())
+            except OSError as exc:
+                if s.health_port is not None:
+                    raise  # asked for: a busy port is an error
+                # The default is busy (a second worker on this host): run on without it.
+                log.warning("the default health port %s:%s is not free (%s); no /healthz or /metrics: give --health-port",
+                            s.health_host, port, exc.strerror or exc)
         await wait_for_topics(s, self.stopping)
         health.set("kafka", "up")
         warehouse = await open_warehouse(s, self.stops)
