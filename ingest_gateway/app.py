@@ -124,7 +124,7 @@ def _metrics_middleware(routes: dict[Any, tuple[str, str]]):
             status = exc.status
             raise
         finally:
-            metrics.HTTP_REQUESTS.labels(dialect, route, method, str(status)).inc()
+            metrics.child(metrics.HTTP_REQUESTS, dialect, route, method, str(status)).inc()
 
     return middleware
 

@@ -64,12 +64,12 @@ class Services:
         started = time.perf_counter()
         try:
             await self.producer.publish(records)
-            metrics.PUBLISH_SECONDS.labels(dialect).observe(time.perf_counter() - started)
+            metrics.child(metrics.PUBLISH_SECONDS, dialect).observe(time.perf_counter() - started)
             if len(records) == 1:
-                metrics.RECORDS_ACCEPTED.labels(dialect, records[0].topic).inc()
+                metrics.child(metrics.RECORDS_ACCEPTED, dialect, records[0].topic).inc()
             else:
                 for topic, n in Counter(r.topic for r in records).items():
-                    metrics.RECORDS_ACCEPTED.labels(dialect, topic).inc(n)
+                    metrics.child(metrics.RECORDS_ACCEPTED, dialect, topic).inc(n)
         except RecordTooLarge as exc:
             # Permanent: the same request can never be stored, so not a 503 "retry shortly".
             raise errors.RecordTooLarge(f"a record of this request is too large to store: {exc}") from None

@@ -192,3 +192,12 @@ async def test_broker_wait_is_bounded_and_stops_on_the_signal():
     stopping.set()
     with pytest.raises(Interrupted):
         await asyncio.wait_for(waiting, 5)
+
+
+def test_child_is_cached_and_counts_as_labels():
+    before = sample("goalstream_deadletters_total", stage="unit-test")
+    a = metrics.child(metrics.DEADLETTERS, "unit-test")
+    assert a is metrics.child(metrics.DEADLETTERS, "unit-test")
+    a.inc()
+    metrics.DEADLETTERS.labels("unit-test").inc()
+    assert sample("goalstream_deadletters_total", stage="unit-test") - before == 2
