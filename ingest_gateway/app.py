@@ -24,6 +24,7 @@ from typing import Any, AsyncIterator
 
 from aiohttp import web
 
+from schemas import metrics
 from schemas.config import Credentials, GoalstreamConfig, presented_bytes
 from schemas.kafka import RecordProducer
 from schemas.settings import GatewaySettings
@@ -118,6 +119,45 @@ def _dialect_namer(dialects: list[Dialect]):
         return dialects[-index].name if best else "-"
 
     return name
+
+
+def _metrics_middleware(routes: dict[Any, tuple[str, str]]):
+    """Counts every answer by dialect, route template and status (outermost: it sees the
+    status the error middleware rendered). ``routes``: resource -> (dialect, template),
+    filled by ``create_app``; anything else (404, 405) is ``route="unmatched"``. One
+    counter increment and a context variable per request; no lock of ours."""
+    unmatched = ("none", "unmatched")
+
+    @web.middleware
+    async def middleware(request: web.Request, handler):
+        dialect, route = routes.get(request.match_info.route.resource, unmatched)
+        method = request.method if request.method in metrics.METHODS else "other"
+        metrics.DIALECT.set(dialect)  # each request runs in its own task: its own context
+        status = 500
+        try:
+            response = await handler(request)
+            status = response.status
+            return response
+        except web.HTTPException as exc:
+            status = exc.status
+            raise
+        finally:
+            metrics.child(metrics.HTTP_REQUESTS, dialect, route, method, str(status)).inc()
+
+    return middleware
+
+
+async def metrics_endpoint(request: web.Request) -> web.Response:
+    """Prometheus exposition: the operator's token unless ``GOALSTREAM_METRICS_AUTH=false``
+    (a private port); a workspace's admin token is not enough (the counters are the whole
+    gateway's)."""
+    if request.app[METRICS_AUTH] and _admin_scope(request) is not sqlguard.OPERATOR:
+        raise errors.Unauthenticated("the operator's token is required for /metrics")
+    body, content_type = metrics.exposition()
+    return web.Response(body=body, headers={"Content-Type": content_type})
+
+
+METRICS_AUTH = web.AppKey("metrics_auth", bool)
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -289,8 +329,12 @@ def create_app(
     credentials = requestlog.NotingCredentials(credentials)  # names the workspace on the access line
     services = Services(config=config, credentials=credentials, producer=producer, warehouse=warehouse, recommender=recommender, admission=admission)
     dialects = [d(services) for d in DIALECTS]
+    routes: dict[Any, tuple[str, str]] = {}
     app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[
-        requestlog.middleware(_dialect_namer(dialects), settings.access_log), _error_middleware(dialects), *ratelimit.middlewares(limiter)
+        _metrics_middleware(routes),
+        requestlog.middleware(_dialect_namer(dialects), settings.access_log),
+        _error_middleware(dialects),
+        *ratelimit.middlewares(limiter),
     ])
     requestlog.install(app)  # X-Request-Id on every response
     app[SERVICES] = services
@@ -300,13 +344,18 @@ def create_app(
     if trainer is not None:
         app[TRAINER] = trainer
     for d in dialects:
-        app.router.add_routes(d.routes())
+        for route in app.router.add_routes(d.routes()):
+            routes[route.resource] = (d.name, route.resource.canonical)
     app.router.add_get("/healthz", healthz, allow_head=True)
+    app[METRICS_AUTH] = settings.metrics_auth
+    app.router.add_get("/metrics", metrics_endpoint)
     app[ADMIN_SQL] = AdminSQL(settings)
     app[HEALTH].add_probe("clickhouse", lambda: services.warehouse.ping() if services.warehouse is not None else _false())
     app.router.add_post("/admin/v1/sql", admin_sql)
     app.router.add_post("/admin/v1/train", admin_train)
     openapi.add_routes(app)  # GET /openapi.json and /docs
+    for route in app.router.routes():
+        routes.setdefault(route.resource, ("admin" if route.resource.canonical.startswith("/admin") else "gateway", route.resource.canonical))
 
     async def producer_ctx(app: web.Application) -> AsyncIterator[None]:
         await producer.start()

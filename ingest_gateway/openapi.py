@@ -163,6 +163,8 @@ OPERATIONS |= {
                                     ok="what was trained", params=[_q("goal", "one goal")]),
     ("GET", "/openapi.json"): op("admin", "This document", [], ok="OpenAPI 3.1"),
     ("GET", "/docs"): op("admin", "A page that lists this document's operations", [], ok="HTML"),
+    ("GET", "/metrics"): op("admin", "Prometheus metrics of the whole gateway (the operator's token unless GOALSTREAM_METRICS_AUTH=false)",
+                            _ADMIN, content="text/plain", ok="Prometheus text exposition"),
 }
 
 # /healthz answers its report, not an error, when something is down.

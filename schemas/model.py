@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 
-from . import topics
+from . import metrics, topics
 
 EVENT = "goalstream.Event"
 CUSTOMER_UPSERT = "goalstream.CustomerUpsert"
@@ -247,6 +247,7 @@ def dead_letter(
 ) -> Record:
     """A record that could not be handled, kept byte for byte with why and where it failed
     (``source_topic`` empty and -1s for a request the gateway refused, not a message)."""
+    metrics.DEADLETTERS.labels(stage).inc()  # made only to be published: counted here, once for every stage
     value_ = {
         "id": new_message_id(),
         "reason": reason,

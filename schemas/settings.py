@@ -49,6 +49,14 @@ class CommonSettings(BaseSettings):
     # counted and reported as one "suppressed K similar messages" line. 0: no limit.
     log_rate_limit: int = Field(default=20, ge=0, validation_alias=_env("log_rate_limit", "GOALSTREAM_LOG_RATE_LIMIT"))
     log_rate_interval_s: float = Field(default=60.0, gt=0, validation_alias=_env("log_rate_interval_s", "GOALSTREAM_LOG_RATE_INTERVAL_S"))
+    # Metrics and start-up (README "Metrics"): GET /metrics on the gateway needs the operator's
+    # token unless this is false (a private port); worker and dispatcher serve /healthz and
+    # /metrics, unauthenticated, on health_host:health_port (None: 9464 worker, 9465
+    # dispatcher; 0: off); each process waits up to broker_wait_s for Kafka at start.
+    metrics_auth: bool = Field(default=True, validation_alias=_env("metrics_auth", "GOALSTREAM_METRICS_AUTH"))
+    health_host: str = Field(default="127.0.0.1", validation_alias=_env("health_host", "GOALSTREAM_HEALTH_HOST"))
+    health_port: int | None = Field(default=None, ge=0, le=65535, validation_alias=_env("health_port", "GOALSTREAM_HEALTH_PORT"))
+    broker_wait_s: float = Field(default=60.0, ge=0, validation_alias=_env("broker_wait_s", "GOALSTREAM_BROKER_WAIT_S"))
 
     @property
     def kafka_bootstrap(self) -> str:

@@ -13,6 +13,7 @@ queues ingestion or the API behind it. ``migrate`` applies the versioned DDL fil
 from __future__ import annotations
 
 import asyncio
+import time
 import logging
 import re
 import threading
@@ -21,6 +22,8 @@ from pathlib import Path
 from typing import Any, Callable, Sequence, TypeVar
 
 import clickhouse_connect
+
+from . import metrics
 
 DDL_DIR = Path(__file__).parent / "clickhouse"
 _DDL_FILE = re.compile(r"^(\d{4})_[\w-]+\.sql$")
@@ -193,13 +196,23 @@ class Warehouse:
         if not rows or (column_oriented and not rows[0]):
             return
         settings = {"insert_deduplication_token": dedup_token} if dedup_token else None
+        started = time.perf_counter()
         await self._run(self._insert, table, rows, tuple(columns), settings, column_oriented)
+        metrics.INSERT_SECONDS.labels(table).observe(time.perf_counter() - started)
+        metrics.INSERT_ROWS.labels(table).observe(len(rows[0]) if column_oriented else len(rows))
 
-    async def insert_avro(self, table: str, container: bytes, columns: Sequence[str], dedup_token: str | None = None) -> None:
+    async def insert_avro(
+        self, table: str, container: bytes, columns: Sequence[str], dedup_token: str | None = None, *, rows: int | None = None,
+    ) -> None:
         """Insert an Avro object container (``codec.container``): ClickHouse decodes it, with
-        the writer's schema in its header, into ``columns`` (the record's fields, by name)."""
+        the writer's schema in its header, into ``columns`` (the record's fields, by name).
+        ``rows``: how many it holds, for the batch-size metric."""
         settings = {"insert_deduplication_token": dedup_token} if dedup_token else None
+        started = time.perf_counter()
         await self._run(self._client.raw_insert, table, list(columns), container, settings=settings, fmt="Avro")
+        metrics.INSERT_SECONDS.labels(table).observe(time.perf_counter() - started)
+        if rows is not None:
+            metrics.INSERT_ROWS.labels(table).observe(rows)
 
     def _insert(self, table: str, data: Sequence[Sequence[Any]], columns: tuple[str, ...], settings: Any, column_oriented: bool) -> None:
         types = self._column_types.get((table, columns))

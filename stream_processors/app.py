@@ -27,7 +27,7 @@ from typing import Any
 import faust
 from mode import Service
 
-from schemas import model, topics
+from schemas import metrics, model, topics
 from schemas.config import GoalstreamConfig
 from schemas.kafka import RecordProducer
 from schemas.settings import WorkerSettings
@@ -248,6 +248,17 @@ class Processors:
             for tp, end in self.sources[topic].highwaters().items():
                 n += max(0, end - 1 - self.progress.offsets.get(tp, -1))
         return n
+
+    def observe_lag(self) -> None:
+        """``goalstream_consumer_lag`` for the events and customers partitions this worker
+        holds (as of the sinks' last fetch); called on a tick or before a scrape, never per record."""
+        for topic in (topics.EVENTS, topics.CUSTOMERS):
+            source = self.sources.get(topic)
+            if source is None:
+                continue
+            for tp, end in source.highwaters().items():
+                lag = max(0, end - 1 - self.progress.offsets.get(tp, -1))
+                metrics.CONSUMER_LAG.labels("processors", tp[0], str(tp[1])).set(lag)
 
     def _owns_partition_zero(self) -> bool:
         """One worker of the group does the group-wide jobs (rescoring after a model change,

@@ -218,7 +218,7 @@ class EventsSink:
         # What ``write`` derives for the same batch.
         token = batch_token("events", [m for m, _ in batch], ids)
         if kept:
-            await self.warehouse.insert_avro("events", codec.container(schema, kept), EVENT_COLUMNS, token)
+            await self.warehouse.insert_avro("events", codec.container(schema, kept), EVENT_COLUMNS, token, rows=len(kept))
         self._remember(fresh, hashes)
 
 

@@ -74,6 +74,12 @@ def parser() -> argparse.ArgumentParser:
     _common(wk)
     dp = sub.add_parser("dispatcher", help="run the webhook dispatcher alone (scaled out)")
     _common(dp)
+    for p, port in ((gw, None), (wk, 9464), (dp, 9465)):
+        p.add_argument("--broker-wait", type=float, dest="broker_wait_s",
+                       help="seconds to keep retrying an unreachable Kafka at start (default 60; 0: fail at once)")
+        if port is not None:
+            p.add_argument("--health-port", type=int, dest="health_port", help=f"port of /healthz and /metrics (default {port}; 0: off)")
+            p.add_argument("--health-host", dest="health_host", help="address of the health port (default 127.0.0.1)")
     wh = sub.add_parser("webhooks", help="webhook deliveries that failed: list them, or send them again")
     _common(wh)
     wh.add_argument("action", choices=["list", "replay"])

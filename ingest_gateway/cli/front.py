@@ -27,6 +27,7 @@ from typing import Any
 
 from aiohttp import web
 
+from schemas import metrics
 from schemas.stopping import bounded
 
 from .. import logsafe
@@ -43,6 +44,7 @@ ORPHAN_STOP_S = 3.0  # the stack is gone: nothing in flight can be acknowledged,
 async def serve(ipc: socket.socket, sites: list[tuple[socket.socket, bool]], init: dict[str, Any]) -> int:
     """Serve until the stack says stop (0) or is gone (1)."""
     settings, config = init["settings"], init["config"]
+    metrics.join_directory(metrics.directory_of(settings.data_dir))  # the stack made it before starting us
     stop = asyncio.Event()
     admission = RemoteAdmission()
     admission.update(init.get("admission"))

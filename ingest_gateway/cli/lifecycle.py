@@ -73,15 +73,21 @@ class Stops:
         await self._stack.aclose()
 
 
+class Interrupted(Exception):
+    """The stop signal came while ``open`` was still waiting (e.g. for the broker)."""
+
+
 class Process:
     """One long-running command. Subclasses implement ``open`` (return the URLs the ready
     line names), and ``drain`` and ``wait`` where they differ from "nothing to finish" and
-    "until the stop signal"."""
+    "until the stop signal". ``stopping`` is the stop signal, set already during ``open``
+    (which may raise ``Interrupted`` on it: then the process closes and exits 0)."""
 
     ready = "goalstream ready"  # the ready line's words before the URLs
 
     def __init__(self) -> None:
         self.stops = Stops()
+        self.stopping = asyncio.Event()
 
     async def open(self) -> list[str]:
         raise NotImplementedError
@@ -99,8 +105,14 @@ class Process:
 async def serve(process: Process, stop: asyncio.Event | None = None) -> int:
     """Run ``process`` through its life; 0 when every stop ended cleanly, else 1."""
     stop = stop if stop is not None else stop_event()
+    process.stopping = stop
     try:
         urls = await process.open()
+    except Interrupted:
+        log.info("stopping before the start finished")
+        await process.close()
+        log.info("stopped")
+        return 0
     except BaseException:
         await process.close()
         raise

@@ -13,18 +13,23 @@ Each stops in the reverse order (``lifecycle``).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
+from aiohttp import web
+from aiokafka.errors import KafkaError
+
+from schemas import metrics
 from schemas.config import GoalstreamConfig
-from schemas.kafka import ensure_topics
+from schemas.kafka import KafkaUnavailable, ensure_topics
 from schemas.settings import CommonSettings, GatewaySettings
 from schemas.warehouse import Warehouse, WarehouseError
 
 from ..app import HEALTH, SERVICES, create_app
 from ..health import Health
 from . import http
-from .lifecycle import Process, Stops
+from .lifecycle import Interrupted, Process, Stops
 
 log = logging.getLogger("goalstream")
 
@@ -41,6 +46,74 @@ async def open_warehouse(settings: CommonSettings, stops: Stops, *, migrate: boo
         await warehouse.migrate()
         await warehouse.retain(settings.retention)
     return warehouse
+
+
+BROKER_BACKOFF_S = (0.5, 1.0, 2.0, 5.0)  # then every 5 s, up to --broker-wait
+
+
+async def wait_for_topics(settings: CommonSettings, stopping: asyncio.Event) -> None:
+    """The topics ensured, retrying while the broker is not up yet (a scaled-out process
+    may start before Kafka): each failure logged with the next try, for at most
+    ``broker_wait_s``; ``Interrupted`` at once on the stop signal, ``KafkaUnavailable`` when
+    the bound is spent."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + settings.broker_wait_s
+    tries = 0
+    while True:
+        try:
+            await ensure_topics(settings.kafka_bootstrap, settings.topic_partitions, settings.topic_replication)
+            if tries:
+                log.info("Kafka at %s is reachable", settings.kafka_bootstrap)
+            return
+        except (KafkaError, OSError) as exc:
+            delay = BROKER_BACKOFF_S[min(tries, len(BROKER_BACKOFF_S) - 1)]
+            tries += 1
+            left = deadline - loop.time()
+            if left <= 0:
+                raise KafkaUnavailable(
+                    f"Kafka at {settings.kafka_bootstrap} is not reachable ({type(exc).__name__}); gave up after {settings.broker_wait_s:g}s (--broker-wait)"
+                ) from exc
+            delay = min(delay, left)
+            log.warning("Kafka at %s is not reachable yet (%s); retrying in %.1fs (up to %.0fs more)",
+                        settings.kafka_bootstrap, type(exc).__name__, delay, left)
+        try:
+            await asyncio.wait_for(stopping.wait(), delay)
+        except asyncio.TimeoutError:
+            continue
+        raise Interrupted
+
+
+class HealthPort:
+    """``goalstream worker``/``dispatcher``'s own small HTTP port: ``GET /healthz`` (200 when
+    every component is up, else 503, with their states) and ``GET /metrics`` (this process's
+    registry). Unauthenticated: bind it to a private address (default 127.0.0.1)."""
+
+    def __init__(self, host: str, port: int, health: Health):
+        self.host, self.port, self.health = host, port, health
+        self.runner: web.AppRunner | None = None
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        await self.health.probe()
+        return web.json_response(self.health.report(), status=200 if self.health.ok else 503)
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        body, content_type = metrics.exposition()
+        return web.Response(body=body, headers={"Content-Type": content_type})
+
+    async def start(self) -> str:
+        app = web.Application()
+        app.router.add_get("/healthz", self._healthz, allow_head=True)
+        app.router.add_get("/metrics", self._metrics)
+        self.runner = web.AppRunner(app, access_log=None)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, self.host, self.port)
+        await site.start()
+        host, port = site._server.sockets[0].getsockname()[:2]  # the port given, or the one picked for 0
+        return f"http://{host}:{port}"
+
+    async def stop(self) -> None:
+        if self.runner is not None:
+            await self.runner.cleanup()
 
 
 class _Alone(Process):
@@ -63,7 +136,7 @@ class Gateway(_Alone):
         from .adapters import GoalRecommender
 
         s = self.settings
-        await ensure_topics(s.kafka_bootstrap, s.topic_partitions, s.topic_replication)
+        await wait_for_topics(s, self.stopping)
         health = Health()
         try:
             warehouse = await open_warehouse(s, self.stops, migrate=False, admin_concurrency=s.sql_concurrency)
@@ -97,6 +170,10 @@ class _Consumer(_Alone):
 
     what: str
     stop_timeout_s: float
+    health_port: int  # the default of --health-port
+
+    def observe(self, part: Any) -> None:
+        """Register what this part computes for a scrape (e.g. consumer lag)."""
 
     def part(self, warehouse: Warehouse) -> Any:
         """The consumer, with ``start`` and ``stop`` (imported here: a gateway never loads faust)."""
@@ -104,16 +181,41 @@ class _Consumer(_Alone):
 
     async def open(self) -> list[str]:
         s = self.settings
-        await ensure_topics(s.kafka_bootstrap, s.topic_partitions, s.topic_replication)
-        part = self.part(await open_warehouse(s, self.stops))
+        health = Health()
+        health.set("kafka", "waiting")
+        urls = []
+        port = self.health_port if s.health_port is None else s.health_port
+        if port:
+            # First: /healthz answers 503 "waiting" while the broker is not up yet.
+            server = HealthPort(s.health_host, port, health)
+            self.stops.push("the health port", server.stop, 5.0)
+            try:
+                urls.append(await server.start())
+            except OSError as exc:
+                if s.health_port is not None:
+                    raise  # asked for: a busy port is an error
+                # The default is busy (a second worker on this host): run on without it.
+                log.warning("the default health port %s:%s is not free (%s); no /healthz or /metrics: give --health-port",
+                            s.health_host, port, exc.strerror or exc)
+        await wait_for_topics(s, self.stopping)
+        health.set("kafka", "up")
+        warehouse = await open_warehouse(s, self.stops)
+        health.add_probe("clickhouse", warehouse.ping)
+        part = self.part(warehouse)
         self.stops.push(self.what, part.stop, self.stop_timeout_s)
+        health.set(self.what.removeprefix("the "), "starting")
         await part.start()
-        return []
+        health.set(self.what.removeprefix("the "), "running")
+        self.observe(part)
+        return urls
 
 
 class Worker(_Consumer):
     ready = "goalstream worker ready"
-    what, stop_timeout_s = "the processors", PROCESSORS_STOP_S
+    what, stop_timeout_s, health_port = "the processors", PROCESSORS_STOP_S, 9464
+
+    def observe(self, part: Any) -> None:
+        metrics.on_collect(part.observe_lag)
 
     def part(self, warehouse: Warehouse) -> Any:
         from stream_processors.app import Processors
@@ -123,7 +225,7 @@ class Worker(_Consumer):
 
 class Dispatcher(_Consumer):
     ready = "goalstream dispatcher ready"
-    what, stop_timeout_s = "the dispatcher", DISPATCHER_STOP_S
+    what, stop_timeout_s, health_port = "the dispatcher", DISPATCHER_STOP_S, 9465
 
     def part(self, warehouse: Warehouse) -> Any:
         from stream_processors.webhooks.dispatcher import Dispatcher

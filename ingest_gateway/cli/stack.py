@@ -38,7 +38,7 @@ import asyncio
 import logging
 import secrets
 
-from schemas import topics
+from schemas import metrics, topics
 from schemas.config import GoalstreamConfig
 from schemas.kafka import RecordProducer, end_offsets, ensure_topics
 from schemas.settings import StackSettings
@@ -357,6 +357,10 @@ class Stack(Process):
         await self._start_broker()
         self.warehouse = await open_warehouse(s, self.stops, admin_concurrency=s.sql_concurrency)
         self.health.set("clickhouse", "up")
+        # Before any Python child starts and any metric is counted, and only once chDB's lock
+        # is ours (a second `up` on this data dir must not empty the running one's files): the
+        # fronts and the scoring process write there too, a scrape merges them all (schemas/metrics.py).
+        metrics.use_directory(metrics.directory_of(s.data_dir))
         # One model store for the scorer and the API, so both serve a new model at once.
         self.models = ModelStore(self.warehouse, ttl_s=s.model_refresh_s)
         self.stops.push("the processors", self._stop_processors, DISPATCHER_STOP_S + PROCESSORS_STOP_S + 5)
@@ -413,6 +417,8 @@ class Stack(Process):
         if isinstance(self.sink, SpooledSink):
             detail["spool"] = self.sink.spool.stats()
         self.health.detail("backlog", detail)
+        if self.processors is not None:
+            self.processors.observe_lag()
         self._push_admission(always=True)  # every tick: a front started meanwhile, a backlog that moved
 
     # -- the broker's death, and its recycling ---------------------------------------------

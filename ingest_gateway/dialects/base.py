@@ -14,6 +14,7 @@ import base64
 import json
 import logging
 import math
+import time
 import zlib
 from collections import Counter
 from dataclasses import dataclass, field
@@ -25,7 +26,7 @@ from aiohttp import web
 
 from schemas.config import Credentials, Goal, GoalstreamConfig
 from schemas.kafka import KafkaUnavailable, RecordTooLarge
-from schemas import model
+from schemas import metrics, model
 from schemas.model import Record
 from schemas.warehouse import WarehouseError
 
@@ -59,8 +60,16 @@ class Services:
         if self.admission is not None and (refusal := self.admission()) is not None:
             raise refusal
         self.inflight += 1
+        dialect = metrics.DIALECT.get()
+        started = time.perf_counter()
         try:
             await self.producer.publish(records)
+            metrics.child(metrics.PUBLISH_SECONDS, dialect).observe(time.perf_counter() - started)
+            if len(records) == 1:
+                metrics.child(metrics.RECORDS_ACCEPTED, dialect, records[0].topic).inc()
+            else:
+                for topic, n in Counter(r.topic for r in records).items():
+                    metrics.child(metrics.RECORDS_ACCEPTED, dialect, topic).inc(n)
         except RecordTooLarge as exc:
             # Permanent: the same request can never be stored, so not a 503 "retry shortly".
             raise errors.RecordTooLarge(f"a record of this request is too large to store: {exc}") from None

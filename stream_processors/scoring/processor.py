@@ -28,7 +28,7 @@ from typing import Any, Callable
 
 import orjson
 
-from schemas import model, topics
+from schemas import metrics, model, topics
 from schemas.config import Goal, GoalstreamConfig
 from schemas.kafka import RecordProducer
 from schemas.model import Record
@@ -234,12 +234,14 @@ class Scorer:
         models = {name: await self.models.get(workspace, goal) for name, goal in goals.items()}
         records: list[Record] = []
         sending: asyncio.Future | None = None
+        published = 0  # score records among those sent, counted once the chunk is through
         try:
             for i, s in enumerate(states):
                 if i and i % PUBLISH_EVERY == 0 and records:
                     if sending is not None:
                         await sending
                     sending = asyncio.ensure_future(self.producer.publish(records, batched=True))
+                    published += sum(r.topic == topics.PROPENSITY for r in records)
                     records = []
                 if i and i % YIELD_EVERY == 0:
                     await asyncio.sleep(0)
@@ -248,6 +250,9 @@ class Scorer:
                 await sending
             if records:
                 await self.producer.publish(records, batched=True)  # first: never store "published" for what was not
+                published += sum(r.topic == topics.PROPENSITY for r in records)
+            metrics.SCORES.labels("computed").inc(len(states))
+            metrics.SCORES.labels("published").inc(published)
         finally:
             if sending is not None and not sending.done():
                 sending.cancel()  # the chunk failed: its retry publishes the same ids again

@@ -39,7 +39,7 @@ import aiohttp
 import orjson
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener
 
-from schemas import codec, model, topics
+from schemas import codec, metrics, model, topics
 from schemas.config import GoalstreamConfig, Webhook
 from schemas.kafka import RecordProducer
 from schemas.model import Record, from_ms, now_ms, to_ms
@@ -487,6 +487,7 @@ class Dispatcher:
             outcome, status, retry_after, error = await self._post(hook, d)
         d.attempts += 1
         attempt_no = d.attempts
+        metrics.WEBHOOK_ATTEMPTS.labels(outcome).inc()
         next_at: int | None = None
         if outcome == "retry":
             delay = next_delay(self.cfg.retry_schedule_seconds, d.attempts, retry_after, self._rng)

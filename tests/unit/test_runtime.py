@@ -248,7 +248,7 @@ class Warehouse:
         self.inserts.append((table, rows, tuple(columns), token))
         self.log.append(f"insert {table}")
 
-    async def insert_avro(self, table, container, columns, token=None):
+    async def insert_avro(self, table, container, columns, token=None, *, rows=None):
         import fastavro, io
 
         def ms(v):  # fastavro reads timestamp-millis back as datetimes; the sink's own rows hold int ms
