@@ -82,7 +82,7 @@ def test_compose_pins_images_and_publishes_on_loopback_only():
 def test_k8s_manifests_validate_against_kubernetes_schemas():
     kv = pytest.importorskip("kubernetes_validate")
     docs = _manifests()
-    kinds = {(d["kind"], d["metadata"]["name"]) for _, d in docs}
+    kinds = {(d["kind"], d.get("metadata", {}).get("name")) for _, d in docs}
     assert {("Deployment", "goalstream-gateway"), ("Service", "goalstream-gateway"),
             ("HorizontalPodAutoscaler", "goalstream-gateway"), ("Deployment", "goalstream-worker"),
             ("Deployment", "goalstream-dispatcher"), ("ConfigMap", "goalstream-config"),

@@ -34,7 +34,8 @@ class Check:
     detail: str
 
     def line(self) -> str:
-        return f"{self.status:<4} {self.name}: {self.detail}"
+        # One line per check, so `doctor | grep FAIL` shows each failure whole.
+        return f"{self.status:<4} {self.name}: " + "; ".join(p.strip() for p in self.detail.splitlines() if p.strip())
 
 
 class AlreadyRunning(Exception):

@@ -92,12 +92,13 @@ def test_doctor_fails_on_busy_port_unreachable_broker_and_bad_config(tmp_path):
     dead = free.getsockname()[1]
     free.close()  # nothing listens there now
     with _listening() as s:
+        busy = s.getsockname()[1]
         r = _goalstream("doctor", "--config", str(tmp_path / "bad.toml"), "--data-dir", str(tmp_path / "var"),
-                        "--port", str(s.getsockname()[1]), "--kafka", f"127.0.0.1:{dead}",
+                        "--port", str(busy), "--kafka", f"127.0.0.1:{dead}",
                         "--clickhouse", "http://default:s3cret@127.0.0.1:%d/default" % dead, cwd=tmp_path)
     assert r.returncode == 1
     by = {line.split(":")[0].split(None, 1)[1]: line.split()[0] for line in r.stdout.splitlines()}
-    assert by["config"] == "FAIL" and by[f"port {s.getsockname()[1]}"] == "FAIL"
+    assert by["config"] == "FAIL" and by[f"port {busy}"] == "FAIL"
     assert by["broker"] == "FAIL" and by["clickhouse"] == "FAIL"
     assert "s3cret" not in r.stdout + r.stderr  # the DSN's password never printed
 
