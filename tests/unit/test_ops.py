@@ -114,3 +114,26 @@ def test_doctor_names_the_running_stack_holding_the_data_dir(tmp_path):
     assert f"chDB at {tmp_path / 'var' / 'clickhouse'}, held by goalstream (pid {os.getpid()}" in r.stdout
     info = json.loads(runfile.path(tmp_path / "var").read_text())
     assert info["pid"] == os.getpid()
+
+
+async def test_recommended_next_actions_in_a_workspace_without_goals_says_so():
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from ingest_gateway.app import create_app
+    from schemas.config import parse_config
+    from schemas.settings import GatewaySettings
+    from tests.conftest import globex_config
+    from tests.unit.test_hostile_input import Producer, Warehouse
+
+    config = parse_config(globex_config())
+    assert not config.goals  # the dev-like config: workspaces, no goals
+    client = TestClient(TestServer(create_app(GatewaySettings(), config, producer=Producer(), warehouse=Warehouse())))
+    await client.start_server()
+    try:
+        for params in ({"customer_id": "c1"}, {"customer_id": "c1", "goal_name": "anything"}):
+            r = await client.get("/api/v1/recommended-next-actions", params=params, headers={"Authorization": "Token tk_live_123"})
+            body = await r.json()
+            assert r.status == 400, body
+            assert "has no goals configured" in body["error"]["message"] and "give" not in body["error"]["message"]
+    finally:
+        await client.close()
