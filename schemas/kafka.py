@@ -131,8 +131,10 @@ def encode_records(records: Sequence[Record]) -> list[tuple[Record, bytes, Seque
 
 
 class RecordProducer:
-    def __init__(self, bootstrap: str, *, idempotence: bool = True, timeout_s: float = 15.0, linger_ms: int = 1):
+    def __init__(self, bootstrap: str, *, idempotence: bool = True, timeout_s: float = 15.0, linger_ms: int = 1,
+                 registry: Any = None):
         self.bootstrap = bootstrap
+        self.registry = registry  # a schemas.registry.Registry: Confluent wire format on its topics
         self.idempotence = idempotence
         self.timeout_s = timeout_s
         self.linger_ms = linger_ms
@@ -167,6 +169,8 @@ class RecordProducer:
         )
 
     async def start(self) -> None:
+        if self.registry is not None:
+            await self.registry.start()  # before the broker: a registry refusal stops the start, said once
         if self.idempotence:
             producer = self._make(True)
             try:
@@ -186,6 +190,8 @@ class RecordProducer:
         self._producer = producer
 
     async def stop(self) -> None:
+        if self.registry is not None:
+            await self.registry.close()
         producer = self._producer
         if producer is not None:
             await producer.stop()  # flushes what is buffered
@@ -220,6 +226,9 @@ class RecordProducer:
         too large for Kafka (``RecordTooLarge``, permanent) refuses the call whole.
         ``batched``: see ``send_encoded``."""
         encoded = encode_records(records)
+        if self.registry is not None:  # Confluent mode: the output topics' values framed (schemas/registry.py)
+            frame = self.registry.frame_value
+            return await self.send_encoded([(r.topic, r.key, *frame(r.topic, value, headers)) for r, value, headers in encoded], batched)
         return await self.send_encoded([(r.topic, r.key, value, headers) for r, value, headers in encoded], batched)
 
     async def send_encoded(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import AliasChoices, Field, model_validator
+from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -46,6 +46,11 @@ class CommonSettings(BaseSettings):
     # counted and reported as one "suppressed K similar messages" line. 0: no limit.
     log_rate_limit: int = Field(default=20, ge=0, validation_alias=_env("log_rate_limit", "GOALSTREAM_LOG_RATE_LIMIT"))
     log_rate_interval_s: float = Field(default=60.0, gt=0, validation_alias=_env("log_rate_interval_s", "GOALSTREAM_LOG_RATE_INTERVAL_S"))
+    # Confluent wire format for goalstream.propensity / goalstream.recommendations (schemas/registry.py):
+    # off unless a schema registry URL is given; its basic auth is optional.
+    schema_registry_url: str | None = Field(default=None, validation_alias=_env("schema_registry_url", "GOALSTREAM_SCHEMA_REGISTRY_URL"))
+    schema_registry_username: str | None = Field(default=None, validation_alias=_env("schema_registry_username", "GOALSTREAM_SCHEMA_REGISTRY_USERNAME"))
+    schema_registry_password: SecretStr | None = Field(default=None, validation_alias=_env("schema_registry_password", "GOALSTREAM_SCHEMA_REGISTRY_PASSWORD"))
 
     @property
     def kafka_bootstrap(self) -> str:
