@@ -154,3 +154,49 @@ async def test_registry_down_or_incompatible_is_a_clear_error_at_start(broker):
         with pytest.raises(registry.RegistryError, match="401"):
             await client.start()
         await client.close()
+
+
+def test_goalstream_up_in_confluent_mode_registers_and_its_dispatcher_delivers_framed_records(tmp_path):
+    """A whole `goalstream up` with GOALSTREAM_SCHEMA_REGISTRY_URL: its producers register
+    the output subjects at start, and its dispatcher delivers a framed propensity change."""
+    import asyncio
+    import threading
+
+    from tests.conftest import StackProcess, wait_for
+    from tests.integration.test_webhooks import Receivers, change, webhooks_config
+
+    reg = MemoryRegistry()
+    loop = asyncio.new_event_loop()
+    started = threading.Event()
+
+    def serve() -> None:
+        asyncio.set_event_loop(loop)
+        loop.run_until_complete(reg.__aenter__())
+        started.set()
+        loop.run_forever()
+
+    threading.Thread(target=serve, daemon=True).start()
+    assert started.wait(10)
+    receivers = Receivers()
+    stack = StackProcess(tmp_path, config=webhooks_config(receivers, {"w-ok": receivers.url("/conf")}),
+                         env={"GOALSTREAM_SCHEMA_REGISTRY_URL": reg.url}).start()
+    try:
+        assert "goalstream.propensity-value" in reg.subjects  # registered by the stack at start
+
+        async def publish() -> None:
+            client = registry.Registry(reg.url)
+            p = RecordProducer(f"127.0.0.1:{stack.kafka_port}", idempotence=False, registry=client)
+            await p.start()
+            try:
+                await p.publish([change("w-ok", "c-framed", 0.37)])
+            finally:
+                await p.stop()
+
+        asyncio.run(publish())
+        wait_for(lambda: receivers.of("/conf"), timeout=30)
+        body = json.loads(receivers.of("/conf")[0]["body"])
+        assert body["object"] == "goal-propensity-change" and body["meta"]["customer_id"] == "c-framed"
+        assert body["data"][0]["likelihood"] == 0.37
+    finally:
+        stack.close()
+        loop.call_soon_threadsafe(loop.stop)
