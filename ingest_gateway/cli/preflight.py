@@ -78,6 +78,8 @@ def data_dir_check(settings: CommonSettings) -> Check:
     info = runfile.running(settings.data_dir)
     if info is not None:
         return Check("data dir", OK, f"goalstream already runs on {settings.data_dir} (pid {info['pid']}, URL {info['url']})")
+    if (pid := runfile.lock_holder(settings.data_dir)) is not None:
+        return Check("data dir", OK, f"goalstream (pid {pid}) is starting on {settings.data_dir}")
     if runfile.path(settings.data_dir).is_file():
         return Check("data dir", OK, f"{settings.data_dir}: stale run file (its pid is gone): free")
     return Check("data dir", OK, f"{settings.data_dir}: no goalstream runs on it")
@@ -102,6 +104,8 @@ def early(command: str, settings: CommonSettings) -> None:
     info = runfile.running(settings.data_dir)
     if command == "up" and info is not None:
         raise AlreadyRunning(f"goalstream already runs on this data dir {settings.data_dir} (pid {info['pid']}, URL {info['url']})")
+    if command == "up" and (pid := runfile.lock_holder(settings.data_dir)) is not None:
+        raise AlreadyRunning(f"goalstream already runs on this data dir {settings.data_dir} (pid {pid}, still starting: no URL yet)")
     if isinstance(settings, GatewaySettings):
         for port in _ports(settings):
             if not port_free(settings.host, port):

@@ -137,3 +137,22 @@ async def test_recommended_next_actions_in_a_workspace_without_goals_says_so():
             assert "has no goals configured" in body["error"]["message"] and "give" not in body["error"]["message"]
     finally:
         await client.close()
+
+
+def test_a_held_data_dir_lock_is_named_before_the_run_file_exists(tmp_path):
+    # A `goalstream up` still starting holds <data-dir>/run/lock (flock) but has no run file yet.
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from pathlib import Path; "
+                               "from ingest_gateway.cli import runfile; runfile.lock(Path(sys.argv[1])); print('held', flush=True); time.sleep(60)",
+                               str(tmp_path / "var")], stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert runfile.lock_holder(tmp_path / "var") == str(holder.pid)
+        with pytest.raises(RuntimeError, match=rf"already runs on this data dir .* \(pid {holder.pid}\)"):
+            runfile.lock(tmp_path / "var")
+        r = _goalstream("up", "--data-dir", str(tmp_path / "var"), "--port", "0", cwd=tmp_path)
+        assert r.returncode == 1 and f"(pid {holder.pid}, still starting: no URL yet)" in r.stderr
+    finally:
+        holder.kill()
+        holder.wait()
+    assert runfile.lock_holder(tmp_path / "var") is None  # the kernel dropped it with the process
+    os.close(runfile.lock(tmp_path / "var"))
