@@ -159,8 +159,10 @@ def _expected_init_producer_id_error() -> Iterator[None]:
 
 
 class RecordProducer:
-    def __init__(self, bootstrap: str, *, idempotence: bool = True, timeout_s: float = 15.0, linger_ms: int = 1):
+    def __init__(self, bootstrap: str, *, idempotence: bool = True, timeout_s: float = 15.0, linger_ms: int = 1,
+                 registry: Any = None):
         self.bootstrap = bootstrap
+        self.registry = registry  # a schemas.registry.Registry: Confluent wire format on its topics
         self.idempotence = idempotence
         self.timeout_s = timeout_s
         self.linger_ms = linger_ms
@@ -195,6 +197,8 @@ class RecordProducer:
         )
 
     async def start(self) -> None:
+        if self.registry is not None:
+            await self.registry.start()  # before the broker: a registry refusal stops the start, said once
         if self.idempotence:
             producer = self._make(True)
             try:
@@ -215,6 +219,8 @@ class RecordProducer:
         self._producer = producer
 
     async def stop(self) -> None:
+        if self.registry is not None:
+            await self.registry.close()
         producer = self._producer
         if producer is not None:
             await producer.stop()  # flushes what is buffered
@@ -249,6 +255,9 @@ class RecordProducer:
         too large for Kafka (``RecordTooLarge``, permanent) refuses the call whole.
         ``batched``: see ``send_encoded``."""
         encoded = encode_records(records)
+        if self.registry is not None:  # Confluent mode: the output topics' values framed (schemas/registry.py)
+            frame = self.registry.frame_value
+            return await self.send_encoded([(r.topic, r.key, *frame(r.topic, value, headers)) for r, value, headers in encoded], batched)
         return await self.send_encoded([(r.topic, r.key, value, headers) for r, value, headers in encoded], batched)
 
     async def send_encoded(

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, model_validator
+from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -57,6 +57,11 @@ class CommonSettings(BaseSettings):
     health_host: str = Field(default="127.0.0.1", validation_alias=_env("health_host", "GOALSTREAM_HEALTH_HOST"))
     health_port: int | None = Field(default=None, ge=0, le=65535, validation_alias=_env("health_port", "GOALSTREAM_HEALTH_PORT"))
     broker_wait_s: float = Field(default=60.0, ge=0, validation_alias=_env("broker_wait_s", "GOALSTREAM_BROKER_WAIT_S"))
+    # Confluent wire format for goalstream.propensity / goalstream.recommendations (schemas/registry.py):
+    # off unless a schema registry URL is given; its basic auth is optional.
+    schema_registry_url: str | None = Field(default=None, validation_alias=_env("schema_registry_url", "GOALSTREAM_SCHEMA_REGISTRY_URL"))
+    schema_registry_username: str | None = Field(default=None, validation_alias=_env("schema_registry_username", "GOALSTREAM_SCHEMA_REGISTRY_USERNAME"))
+    schema_registry_password: SecretStr | None = Field(default=None, validation_alias=_env("schema_registry_password", "GOALSTREAM_SCHEMA_REGISTRY_PASSWORD"))
 
     @property
     def kafka_bootstrap(self) -> str:

@@ -28,6 +28,7 @@ import faust
 from mode import Service
 
 from schemas import metrics, model, topics
+from schemas.registry import Registry
 from schemas.config import GoalstreamConfig
 from schemas.kafka import RecordProducer
 from schemas.settings import WorkerSettings
@@ -148,7 +149,7 @@ class Processors:
         self.progress = Progress()
         # Dead letters, propensity changes and recommended actions all go out through this one.
         # Not idempotent: what it sends carries deterministic ids, so a retry duplicate is recognisable.
-        self.producer = RecordProducer(settings.kafka_bootstrap, idempotence=False)
+        self.producer = RecordProducer(settings.kafka_bootstrap, idempotence=False, registry=Registry.from_settings(settings))
         self.events = EventsSink(warehouse, dedup_window=settings.dedup_window, exact=settings.exact_dedup)
         self.customers = CustomersSink(warehouse, cache_size=settings.customer_cache_size)
         self.deadletters = DeadLettersSink(warehouse)

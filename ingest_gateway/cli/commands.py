@@ -1,5 +1,5 @@
 """The ``goalstream`` command: ``up``, ``gateway``, ``worker``, ``dispatcher``, ``sql``,
-``train``, ``deadletter``, ``webhooks``.
+``train``, ``deadletter``, ``webhooks``, ``doctor``; ``--version``.
 
 Each subcommand builds its service's settings object once (options override the
 ``GOALSTREAM_*`` environment variables of ``schemas/settings.py``, listed in README.md),
@@ -52,6 +52,7 @@ def _http(p: argparse.ArgumentParser) -> None:
 
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="goalstream", description="Self-hosted customer-event pipeline.")
+    root.add_argument("--version", action="version", version=f"goalstream {_version()}")
     sub = root.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="run the whole embedded stack in the foreground")
     _common(up)
@@ -101,7 +102,43 @@ def parser() -> argparse.ArgumentParser:
     dl.add_argument("--stage", help="only this stage (events-sink, customers-sink, gateway:<dialect>, ...)")
     dl.add_argument("--limit", type=int, default=1000)
     dl.add_argument("--dry-run", action="store_true", dest="dry_run", help="replay: show what would be sent")
+    doc = sub.add_parser("doctor", help="check config, ports, broker, ClickHouse, data dir and disk; non-zero on any FAIL")
+    _common(doc)
+    _http(doc)
     return root
+
+
+def _version() -> str:
+    """The installed package's version (pyproject.toml), from its metadata."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("goalstream")
+    except metadata.PackageNotFoundError:
+        return "unknown (not installed)"
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    """One line per check, OK/WARN/FAIL (ingest_gateway/cli/preflight.py); exit 1 on any FAIL."""
+    from . import preflight
+
+    checks: list[preflight.Check] = []
+    try:
+        settings = _settings(StackSettings, args)
+        path = settings.config_path()
+        load_config(path)
+        checks.append(preflight.Check("config", preflight.OK, f"{path or 'dev defaults (no goalstream.toml here)'} loads and validates"))
+    except ValidationError as exc:
+        bad = ", ".join("-".join(str(p) for p in e["loc"]) + f": {e['msg']}" for e in exc.errors())
+        print(preflight.Check("settings", preflight.FAIL, bad).line())
+        return 1
+    except ConfigError as exc:
+        checks.append(preflight.Check("config", preflight.FAIL, str(exc)))
+    checks += [preflight.data_dir_check(settings), *preflight.port_checks(settings), preflight.broker_check(settings),
+               preflight.clickhouse_check(settings), preflight.disk_check(settings.data_dir)]
+    for c in checks:
+        print(c.line(), flush=True)
+    return 1 if any(c.status == preflight.FAIL for c in checks) else 0
 
 
 def _settings(cls: type[CommonSettings], args: argparse.Namespace) -> Any:
@@ -308,6 +345,8 @@ def _deadletter(settings: CommonSettings, args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if args.command == "doctor":
+        return _doctor(args)
     cls = {"up": StackSettings, "gateway": GatewaySettings, "worker": WorkerSettings, "sql": CommonSettings, "deadletter": CommonSettings, "train": WorkerSettings,
         "dispatcher": CommonSettings, "webhooks": CommonSettings}[
         args.command
@@ -334,6 +373,14 @@ def main(argv: list[str] | None = None) -> int:
         return _deadletter(settings, args)
     if args.command == "train":
         return _train(settings, config, args.goal, args.json)
+    if args.command in ("up", "gateway"):
+        from . import preflight
+
+        try:  # before anything starts: a busy port or a taken data dir is said within a second
+            preflight.early(args.command, settings)
+        except preflight.AlreadyRunning as exc:
+            print(f"goalstream {args.command}: {exc}", file=sys.stderr)
+            return 1
     try:
         return asyncio.run(lifecycle.serve(_process(args.command, settings, config)))
     except Exception as exc:  # one clear line, the traceback in the log at debug

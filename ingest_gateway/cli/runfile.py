@@ -8,10 +8,15 @@ the HTTP fronts' pids (``front_pids``, as they were at the last write: a front r
 since has another) and the scoring process's (``scorer_pid``, null without a goal or with
 ``--no-scoring-process``; rewritten when it is restarted); it is written mode 0600 once the
 gateway listens and removed last on stop.
+
+``<data-dir>/run/lock`` is held (``fcntl.flock``) by ``goalstream up`` from its first step
+and holds its pid, so a second ``up`` started before the run file exists is also told who
+runs there (the kernel drops the lock when the process ends, however it ends).
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 from pathlib import Path
@@ -54,3 +59,39 @@ def _alive(pid: Any) -> bool:
         return True
     except (OSError, TypeError, ValueError):
         return False
+
+
+def lock_path(data_dir: Path) -> Path:
+    return data_dir / "run" / "lock"
+
+
+def lock(data_dir: Path) -> int:
+    """Take the data dir's lock for this process's life; returns its fd. Raises
+    ``RuntimeError`` naming the holder's pid if another goalstream holds it."""
+    p = lock_path(data_dir)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(p, os.O_RDWR | os.O_CREAT, 0o600)  # not inherited by children (PEP 446)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise RuntimeError(f"goalstream already runs on this data dir {data_dir} (pid {holder})") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, str(os.getpid()).encode(), 0)
+    return fd
+
+
+def lock_holder(data_dir: Path) -> str | None:
+    """The pid in the data dir's lock if a process holds it now, else None (probe only)."""
+    p = lock_path(data_dir)
+    if not p.is_file():
+        return None
+    fd = os.open(p, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return None
+    except BlockingIOError:
+        return os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+    finally:
+        os.close(fd)  # closing drops a shared lock we may have taken

@@ -28,6 +28,7 @@ import sys
 from typing import Any, Sequence
 
 from schemas import topics
+from schemas.registry import Registry
 from schemas.kafka import RecordProducer
 from schemas.stopping import bounded
 from stream_processors.app import scoring_stage
@@ -107,7 +108,7 @@ async def run(ipc: socket.socket, init: dict[str, Any]) -> int:
     channel = await Channel.over(ipc, handler=handler, on_push=on_push, name="the stack")
     reading = asyncio.create_task(channel.run(), name="goalstream-scorer-ipc")
     warehouse = RemoteWarehouse(channel)
-    producer = RecordProducer(settings.kafka_bootstrap, idempotence=False)
+    producer = RecordProducer(settings.kafka_bootstrap, idempotence=False, registry=Registry.from_settings(settings))
     stage = None
 
     def leads() -> bool:

@@ -352,6 +352,7 @@ class Stack(Process):
     async def open(self) -> list[str]:
         s = self.settings
         s.data_dir.mkdir(parents=True, exist_ok=True)
+        self._lock_fd = runfile.lock(s.data_dir)  # first: a second `up` here is told who holds it
         self.stops.push("the run file", self._remove_run_file)  # pushed first: removed last
         self.stops.push("the broker", self._stop_broker, BROKER_STOP_S)
         await self._start_broker()

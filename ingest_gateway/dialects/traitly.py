@@ -306,14 +306,15 @@ class Traitly(Dialect):
         customer_id = identifier(request.query.get("customer_id"), "customer_id")
         goal_name = request.query.get("goal_name")
         goals_here = self.services.config.goals_of(workspace)
+        if not goals_here:  # naming a goal could not help: say what is missing (issue 14)
+            raise errors.InvalidRequest("this workspace has no goals configured (add a [[goals]] entry for it in goalstream.toml)",
+                                        param="goal_name")
         if goal_name:
             goal = next((g for g in goals_here if g.name == goal_name), None)
             if goal is None:
                 raise errors.InvalidRequest(f"no goal named '{goal_name}' in this workspace", param="goal_name")
-        elif goals_here:
-            goal = goals_here[0]  # the seed marks goal_name optional: the workspace's first goal
         else:
-            raise errors.InvalidRequest("this workspace has no goals; give 'goal_name'", param="goal_name")
+            goal = goals_here[0]  # the seed marks goal_name optional: the workspace's first goal
         a = await self.services.recommend(workspace, goal, customer_id)
         if a is None:
             raise errors.NotFound(f"no customer with customer_id '{customer_id}'", param="customer_id")

@@ -39,7 +39,7 @@ import aiohttp
 import orjson
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener
 
-from schemas import codec, metrics, model, topics
+from schemas import codec, metrics, model, registry, topics
 from schemas.config import GoalstreamConfig, Webhook
 from schemas.kafka import RecordProducer
 from schemas.model import Record, from_ms, now_ms, to_ms
@@ -201,6 +201,8 @@ class Dispatcher:
         self._shared: Warehouse | None = None  # the warehouse given, while ``warehouse`` is our lane
         self.cfg = config.dispatcher
         self.producer = RecordProducer(settings.kafka_bootstrap, idempotence=False)
+        # Reads both forms: Confluent-framed values' writer schemas by id from the registry.
+        self.registry = registry.Registry.from_settings(settings)
         self.consumer: AIOKafkaConsumer | None = None
         self.session: aiohttp.ClientSession | None = None
         self.queues: dict[tuple[str, str], deque[Delivery]] = {}
@@ -263,6 +265,8 @@ class Dispatcher:
         if self.session is not None:
             await self.session.close()
             self.session = None
+        if self.registry is not None:
+            await self.registry.close()
         await stop_within("the dispatcher's producer", self.producer.stop(), min(10.0, timeout))
         if self._shared is not None:
             lane, self.warehouse, self._shared = self.warehouse, self._shared, None
@@ -353,7 +357,7 @@ class Dispatcher:
             if not self._may_deliver(m.key, headers):
                 continue
             try:
-                schema, record = codec.decode(m.value or b"", list(headers.items()))
+                schema, record = await registry.decode(m.value or b"", headers, self.registry)
             except codec.SchemaError as exc:
                 letters.append(self._letter(m.topic, m.partition, m.offset, m.key, m.value, headers, str(exc)))
                 continue
