@@ -29,7 +29,7 @@ from schemas import model
 from schemas.model import Record
 from schemas.warehouse import WarehouseError
 
-from .. import errors
+from .. import errors, live
 from ..ports import Admission, Reader, Recommendation, Recommender, RecordSink
 
 log = logging.getLogger("goalstream.gateway")
@@ -59,6 +59,7 @@ class Services:
         if self.admission is not None and (refusal := self.admission()) is not None:
             raise refusal
         self.inflight += 1
+        live.note_records(records)  # the live page's tap (a no-op unless someone watches)
         try:
             await self.producer.publish(records)
         except RecordTooLarge as exc:
@@ -377,6 +378,7 @@ async def read_body(request: web.Request, limit: int | None = None) -> bytes:
         raise bad from None
     if inflater is not None and not inflater.eof:
         raise errors.InvalidJSON(f"the request body is truncated {coding}: the stream does not end")
+    live.note_body(bytes(out))  # the live page's tap (a no-op unless someone watches)
     return bytes(out)
 
 
