@@ -405,6 +405,7 @@ function render(){const feed=document.getElementById('feed');feed.replaceChildre
   feed.append(box)}
  document.getElementById('count').textContent=shown+' of '+entries.length+' shown'}
 async function poll(){if(!paused){try{const got=await api('/admin/v1/live/events?after='+seq);
+ document.body.dataset.polls=(+document.body.dataset.polls||0)+1;
  if(got.entries.length){entries=got.entries.concat(entries).slice(0,500);
   for(const e of got.entries)if(!dialects.has(e.dialect)){dialects.add(e.dialect);
    document.getElementById('f-dialect').append(el('option',{value:e.dialect},e.dialect))}render()}
