@@ -254,12 +254,17 @@ _HISTOGRAM = (
     f"SELECT least(toUInt32(floor(p * {HISTOGRAM_BINS})), {HISTOGRAM_BINS - 1}) AS bin, count() AS n FROM ({_LATEST}) "
     "GROUP BY bin ORDER BY bin"
 )
-# Predicted vs observed per decile of the latest score, over customers whose outcome is known.
+# Predicted vs observed per decile, over customers whose outcome is known: each one's last
+# score before the outcome (reached, or the window's end), so a score made after the goal
+# was reached (1.0) does not flatter the model.
 _CALIBRATION = (
-    "SELECT least(toUInt32(floor(s.p * 10)), 9) AS decile, avg(s.p) AS predicted, avg(c.status = 'reached') AS observed, "
-    f"count() AS n FROM ({_LATEST}) AS s INNER JOIN (SELECT customer_id, status FROM goal_customers "
-    "WHERE workspace = {ws:String} AND goal = {goal:String} AND status IN ('reached', 'expired')) AS c "
-    "ON s.customer_id = c.customer_id GROUP BY decile ORDER BY decile"
+    "SELECT least(toUInt32(floor(p * 10)), 9) AS decile, avg(p) AS predicted, avg(reached) AS observed, count() AS n FROM ("
+    " SELECT s.customer_id, argMax(s.likelihood, s.scored_at) AS p, any(c.status = 'reached') AS reached"
+    " FROM propensity_scores AS s INNER JOIN (SELECT customer_id, status, ifNull(reached_at, window_end) AS decided"
+    " FROM goal_customers WHERE workspace = {ws:String} AND goal = {goal:String} AND status IN ('reached', 'expired')) AS c"
+    " ON s.customer_id = c.customer_id"
+    " WHERE s.workspace = {ws:String} AND s.goal = {goal:String} AND s.scored_at < c.decided GROUP BY s.customer_id"
+    ") GROUP BY decile ORDER BY decile"
 )
 _MODEL = (
     "SELECT version, kind, toString(trained_at) AS trained_at, n_customers, n_positive, base_rate, auc "

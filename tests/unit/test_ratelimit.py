@@ -66,8 +66,9 @@ def test_off_by_default_installs_nothing():
     assert ratelimit.RateLimiter.from_settings(settings) is None
     assert ratelimit.middlewares(None) == []
     app = create_app(settings, CONFIG, producer=MemoryProducer(), warehouse=NoWarehouse())
-    assert type(app[SERVICES].credentials) is Credentials
-    assert len(app.middlewares) == 1  # the error middleware alone
+    credentials = app[SERVICES].credentials
+    assert type(getattr(credentials, "_inner", credentials)) is Credentials  # under the live tap's wrapper (live.py) only
+    assert len(app.middlewares) == 2  # the live page's tap and the error middleware alone
 
 
 def test_bursts_default_to_one_second():
