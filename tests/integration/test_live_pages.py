@@ -43,7 +43,9 @@ def chromium() -> str:
     if found:
         return found
     if os.geteuid() == 0 and shutil.which("apt-get"):
-        subprocess.run(["apt-get", "install", "-y", "-q", "chromium"], check=False, capture_output=True, timeout=600)
+        for cmd in (["apt-get", "install", "-y", "-q", "chromium"], ["apt-get", "update", "-q"], ["apt-get", "install", "-y", "-q", "chromium"]):
+            if subprocess.run(cmd, check=False, capture_output=True, timeout=600).returncode == 0 and shutil.which("chromium"):
+                break
         found = shutil.which("chromium")
         if found:
             return found
