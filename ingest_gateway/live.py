@@ -246,9 +246,12 @@ _CONVERSION = (
     "SELECT goal, toString(cohort_day) AS day, toUInt64(entered) AS entered, toUInt64(reached) AS reached "
     "FROM goal_conversion_daily WHERE workspace = {ws:String} AND goal = {goal:String} ORDER BY cohort_day DESC LIMIT 60"
 )
+# The current likelihood of each customer still in the goal (active): the ones a message can
+# still move; a reached customer's last score (1.0) would only pile up in the top bin.
 _LATEST = (
     "SELECT customer_id, argMax(likelihood, scored_at) AS p FROM propensity_scores "
-    "WHERE workspace = {ws:String} AND goal = {goal:String} GROUP BY customer_id"
+    "WHERE workspace = {ws:String} AND goal = {goal:String} AND customer_id IN (SELECT customer_id FROM goal_customers "
+    "WHERE workspace = {ws:String} AND goal = {goal:String} AND status = 'active') GROUP BY customer_id"
 )
 _HISTOGRAM = (
     f"SELECT least(toUInt32(floor(p * {HISTOGRAM_BINS})), {HISTOGRAM_BINS - 1}) AS bin, count() AS n FROM ({_LATEST}) "
