@@ -139,9 +139,23 @@ def _text(raw: bytes | str, redactor: logsafe.Redactor) -> tuple[str, int]:
     return redactor.redact(text), size
 
 
-def _record(record: Any) -> dict[str, Any]:
-    value = orjson.loads(orjson.dumps(record.value, default=lambda v: v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)))
-    return {"topic": record.topic, "schema": record.schema, "value": value}
+def _default(v: Any) -> str:
+    return v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
+
+
+def _records(records: Sequence[Any], redactor: logsafe.Redactor) -> list[dict[str, Any]]:
+    """The records as JSON values, redacted, within ``MAX_RAW_BYTES`` together: past that, a
+    record's value is its text cut short (an entry's size is bounded whatever was sent)."""
+    out, budget = [], MAX_RAW_BYTES
+    for r in records:
+        text = redactor.redact(orjson.dumps(r.value, default=_default).decode())
+        if len(text) <= budget:
+            value: Any = orjson.loads(text)
+        else:
+            value = f"{text[:max(budget, 200)]}... ({len(text)} bytes, cut)"
+        budget = max(0, budget - len(text))
+        out.append({"topic": r.topic, "schema": r.schema, "value": value})
+    return out
 
 
 def _message(body: bytes) -> str:
@@ -198,10 +212,11 @@ def _publish(tap: TapPort, redactor: logsafe.Redactor, request: web.Request, dia
     path, _ = _text(request.path_qs, redactor)
     # A body-less request (trigger.ly's pixel, a GET) sent its payload in the query string.
     raw, size = _text(cap.raw if cap.raw is not None else (request.path_qs if request.query_string else b""), redactor)
-    records = [_record(r) for r in cap.records]
+    values = [r.value for r in cap.records if isinstance(r.value, dict)]
+    records = _records(cap.records, redactor)
     workspace = cap.workspace
     if workspace is None:
-        workspace = next((r["value"].get("workspace") for r in records if isinstance(r["value"].get("workspace"), str)), None)
+        workspace = next((v.get("workspace") for v in values if isinstance(v.get("workspace"), str)), None)
     entry: dict[str, Any] = {
         "at": time.time(), "workspace": workspace or OPERATOR_RING, "dialect": dialect, "method": request.method,
         "path": path, "status": status, "raw": raw, "raw_bytes": size, "records": records, "accepted": status < 400,
@@ -210,9 +225,9 @@ def _publish(tap: TapPort, redactor: logsafe.Redactor, request: web.Request, dia
         body = getattr(response, "body", None)
         body = bytes(body) if isinstance(body, (bytes, bytearray)) else b""
         entry["error"] = {"status": status, "message": redactor.redact(_message(body)), "body": _text(body, redactor)[0]}
-    names = [r["value"].get("name") or r["value"].get("event") for r in records]
+    names = [v.get("name") or v.get("event") for v in values]
     entry["names"] = sorted({n for n in names if isinstance(n, str)})
-    entry["customers"] = sorted({c for r in records for c in [r["value"].get("customer_id")] if isinstance(c, str)})
+    entry["customers"] = sorted({c for v in values for c in [v.get("customer_id")] if isinstance(c, str)})
     tap.add(entry)
 
 

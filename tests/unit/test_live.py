@@ -46,6 +46,8 @@ async def test_accepted_and_refused_requests_reach_the_feed_redacted():
         assert "wk_1" not in accepted["raw"] and "[redacted]" in accepted["raw"]
         assert len(accepted["raw"].encode()) <= live.MAX_RAW_BYTES + 100 and accepted["raw_bytes"] > 20000
         assert accepted["records"][0]["topic"] == "goalstream.events"
+        cut = accepted["records"][0]["value"]  # 20 KB of properties: over the cap, its text cut short
+        assert isinstance(cut, str) and '"name":"Signed Up"' in cut and cut.endswith("bytes, cut)") and len(cut) < live.MAX_RAW_BYTES + 100
         assert refused_json["status"] == 400 and refused_json["workspace"] == "acme" and "JSON" in refused_json["error"]["message"]
         # A request naming no workspace: the operator's feed only.
         assert all(e["workspace"] == "acme" for e in got["entries"])
@@ -54,6 +56,19 @@ async def test_accepted_and_refused_requests_reach_the_feed_redacted():
         assert stranger and stranger[0]["status"] == 401
         # ?after= returns only what is newer.
         assert (await feed(client, "adm_1", after=got["seq"]))["entries"] == []
+
+
+async def test_a_large_batch_is_cut_to_the_caps():
+    a = app()
+    async with TestClient(TestServer(a)) as client:
+        await feed(client, "adm_1")
+        batch = {"batch": [{"type": "track", "userId": f"u{i}", "event": "big", "properties": {"x": "y" * 20000}} for i in range(25)]}
+        r = await client.post("/v1/batch", json=batch, headers=BASIC)
+        assert r.status == 200, await r.text()
+        entry = (await feed(client, "adm_1"))["entries"][0]
+        assert len(entry["records"]) == live.MAX_RECORDS and entry["customers"][:2] == ["u0", "u1"]
+        size = sum(len(str(rec["value"])) for rec in entry["records"])
+        assert size < 3 * live.MAX_RAW_BYTES + live.MAX_RECORDS * 300, size
 
 
 async def test_rings_are_bounded_per_workspace():
