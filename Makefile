@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run check test hostile faults bench bench-quick clean
+.PHONY: install browser run check test hostile faults bench bench-quick clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -24,8 +24,15 @@ run: $(STAMP)
 check: $(STAMP)
 	$(BIN)/python -m pytest -ra -m "not integration"
 
+# The headless browser of the live-page test (Debian's chromium): installed when run as root
+# with apt; otherwise that one test is skipped, saying why.
+browser:
+	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  { apt-get install -y -q chromium || { apt-get update -q && apt-get install -y -q chromium; }; } || \
+	  echo "chromium is not installed: tests/integration/test_live_pages.py will be skipped"; }
+
 # The full suite (CI runs it).
-test: $(STAMP)
+test: $(STAMP) browser
 	$(BIN)/python -m pytest -ra
 
 # The hostile-input suite alone (it is part of `make test` too): a live stack attacked from outside.

@@ -30,7 +30,7 @@ from schemas.kafka import RecordProducer
 from schemas.settings import GatewaySettings
 from schemas.warehouse import WarehouseBusy, WarehouseError
 
-from . import errors, openapi, ratelimit, requestlog, sqlguard
+from . import errors, live, openapi, ratelimit, requestlog, sqlguard
 from .dialects import DIALECTS, Dialect, Services
 from .dialects.base import json_response, read_body
 from .health import Health
@@ -45,6 +45,7 @@ MAX_LINE = 65536
 LOCAL_TOKEN = web.AppKey("local_token", str)  # the running stack's per-run token for `goalstream sql`
 # The embedded stack's scorer, for `goalstream train` and POST /admin/v1/train.
 TRAINER = web.AppKey("trainer", Trainer)
+TAP = web.AppKey("tap", object)  # the live page's tap (live.Tap, or a front's live.RemoteTap)
 
 
 # aiohttp's own client errors, as the gateway's (any other 4xx is a 400: still the
@@ -113,7 +114,7 @@ def _dialect_namer(dialects: list[Dialect]):
     "admin" for the admin API, health and docs, which no dialect claims."""
 
     def name(path: str) -> str:
-        if path.startswith("/admin/") or path in ("/healthz", "/openapi.json", "/docs"):
+        if path.startswith("/admin/") or path in ("/healthz", "/openapi.json", "/docs", "/metrics", "/live", "/goals"):
             return "admin"
         best, index = max(((d.claim(path), -i) for i, d in enumerate(dialects)))
         return dialects[-index].name if best else "-"
@@ -311,6 +312,7 @@ def create_app(
     trainer: Trainer | None = None,
     recommender: Recommender | None = None,
     admission: Admission | None = None,
+    tap: "live.TapPort | None" = None,
 ) -> web.Application:
     """Build the gateway.
 
@@ -353,6 +355,8 @@ def create_app(
     app[HEALTH].add_probe("clickhouse", lambda: services.warehouse.ping() if services.warehouse is not None else _false())
     app.router.add_post("/admin/v1/sql", admin_sql)
     app.router.add_post("/admin/v1/train", admin_train)
+    # The live events and goals pages (``tap``: where entries go; default: this process's own ring).
+    app[TAP] = live.add_routes(app, services, dialects, _admin_scope, tap, secrets=[local_token] if local_token else [])
     openapi.add_routes(app)  # GET /openapi.json and /docs
     for route in app.router.routes():
         routes.setdefault(route.resource, ("admin" if route.resource.canonical.startswith("/admin") else "gateway", route.resource.canonical))

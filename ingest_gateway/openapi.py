@@ -163,6 +163,12 @@ OPERATIONS |= {
                                     ok="what was trained", params=[_q("goal", "one goal")]),
     ("GET", "/openapi.json"): op("admin", "This document", [], ok="OpenAPI 3.1"),
     ("GET", "/docs"): op("admin", "A page that lists this document's operations", [], ok="HTML"),
+    ("GET", "/live"): op("admin", "The live events page (HTML; the admin token is typed into the page)", [], ok="HTML"),
+    ("GET", "/goals"): op("admin", "The goals page: conversion per cohort, propensity distribution, calibration (HTML)", [], ok="HTML"),
+    ("GET", "/admin/v1/live/events"): op("admin", "Requests accepted and refused, newest first, newer than ?after= (the caller's workspace; the operator sees all)",
+                                         _ADMIN, ok="{seq, entries}", params=[_q("after", "the seq of the newest entry already seen")]),
+    ("GET", "/admin/v1/goals"): op("admin", "Per goal: conversion per cohort, likelihood histogram, calibration, the model's figures",
+                                   _ADMIN, ok="{data: [...], object: goals}", params=[_q("goal", "one goal")]),
     ("GET", "/metrics"): op("admin", "Prometheus metrics of the whole gateway (the operator's token unless GOALSTREAM_METRICS_AUTH=false)",
                             _ADMIN, content="text/plain", ok="Prometheus text exposition"),
 }

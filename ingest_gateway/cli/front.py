@@ -33,6 +33,7 @@ from schemas.stopping import bounded
 from .. import logsafe
 from ..app import HEALTH, MAX_LINE, SERVICES, create_app
 from ..ipc import Channel, child_start
+from ..live import RemoteTap
 from ..remote import RemoteAdmission, RemoteHealth, RemoteReader, RemoteRecommender, RemoteSink, RemoteTrainer
 from .http import SHUTDOWN_TIMEOUT_S, tls_context
 
@@ -62,12 +63,16 @@ async def serve(ipc: socket.socket, sites: list[tuple[socket.socket, bool]], ini
             drain()
         elif topic == "stop":
             stop.set()
+        elif topic == "tap_armed":
+            tap.update(value)
 
     channel = await Channel.over(ipc, on_push=on_push, name="the stack")
     reading = asyncio.create_task(channel.run(), name="goalstream-front-ipc")
+    tap = RemoteTap(channel)  # the live page's entries go to the stack, which serves the feed
     app = create_app(
         settings, config, warehouse=RemoteReader(channel), health=RemoteHealth(channel), local_token=init["token"],
         producer=RemoteSink(channel), admission=admission, trainer=RemoteTrainer(channel), recommender=RemoteRecommender(channel),
+        tap=tap,
     )
     runner = web.AppRunner(app, access_log=None, max_line_size=MAX_LINE, auto_decompress=False, shutdown_timeout=SHUTDOWN_TIMEOUT_S)
     await runner.setup()

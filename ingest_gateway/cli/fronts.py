@@ -91,6 +91,7 @@ class Fronts:
         self.draining = False
         self.stopping = False
         self.restarts = 0
+        self.on_tap: Callable[[Any], None] | None = None  # a front's live-page entry (live.RemoteTap)
 
     # -- what the stack asks -----------------------------------------------------------------
 
@@ -169,6 +170,8 @@ class Fronts:
         if topic == "ready":
             front.ready.set()
             log.debug("HTTP front %d serving (pid %s)", front.slot, value)
+        elif topic == "tap" and self.on_tap is not None:
+            self.on_tap(value)
 
     async def _reap(self, proc: asyncio.subprocess.Process, front: _Front | None, answering_s: float = 0.0) -> None:
         """The process killed if it still runs, and waited for; its connection closed once

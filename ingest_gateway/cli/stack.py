@@ -48,7 +48,7 @@ from stream_processors.app import Processors
 from stream_processors.scoring.goals import ModelStore
 from stream_processors.webhooks.dispatcher import Dispatcher
 
-from .. import errors, logsafe
+from .. import errors, live, logsafe
 from ..app import SERVICES, create_app
 from ..broker import EmbeddedBroker
 from ..durable import SpooledSink
@@ -91,6 +91,7 @@ class Stack(Process):
         self.ledger: Ledger | None = None
         self.url = ""
         self.token = secrets.token_urlsafe(32)
+        self.tap = live.Tap()  # the live page's entries, of every HTTP front (or of the in-process gateway)
         logsafe.add_secrets(self.token)  # the per-run token is a secret like any configured one
         self._recycling = asyncio.Lock()
         self.fronts: fronts.Fronts | None = None  # the HTTP front processes (--gateway-processes > 0)
@@ -218,6 +219,7 @@ class Stack(Process):
         self.health.add_probe("clickhouse", self.warehouse.ping)
         self.fronts = fronts.Fronts(s, self.config, self.token, handler=self._front_call, admission=self._admission_state,
                                     restarted=self._write_run_file)
+        self.fronts.on_tap = self.tap.add
         self.stops.push("the HTTP fronts", self.fronts.stop, fronts.STOP_TIMEOUT_S)
         urls = await self.fronts.start()
         self.health.set("gateway", "up")
@@ -240,6 +242,8 @@ class Stack(Process):
         if method == "train":
             assert self.trainer is not None
             return await self.trainer(*args)
+        if method == "tap":
+            return await self.tap.feed(*args)
         if method == "health":
             await self.health.probe()
             if self.fronts is not None:
@@ -378,6 +382,7 @@ class Stack(Process):
             app = create_app(
                 s, self.config, warehouse=self.warehouse, health=self.health, local_token=self.token,
                 producer=self.sink, admission=self.admission, trainer=self.trainer, recommender=self.recommender,
+                tap=self.tap,
             )
             self.server = http.Http(app, s)
             self.stops.push("the gateway", self.server.stop, http.STOP_TIMEOUT_S)
@@ -414,6 +419,8 @@ class Stack(Process):
             upto = self.ledger.step()
             if upto is not None:
                 await self.ledger.sink.spool.release(upto)
+        if self.fronts is not None:
+            self.fronts.push("tap_armed", self.tap.armed)  # the fronts capture only while the live page is watched
         detail: dict[str, object] = {"records": self.backlog, "max": self.settings.max_backlog}
         if isinstance(self.sink, SpooledSink):
             detail["spool"] = self.sink.spool.stats()

@@ -30,7 +30,7 @@ from schemas import metrics, model
 from schemas.model import Record
 from schemas.warehouse import WarehouseError
 
-from .. import errors
+from .. import errors, live
 from ..ports import Admission, Reader, Recommendation, Recommender, RecordSink
 
 log = logging.getLogger("goalstream.gateway")
@@ -60,6 +60,7 @@ class Services:
         if self.admission is not None and (refusal := self.admission()) is not None:
             raise refusal
         self.inflight += 1
+        live.note_records(records)  # the live page's tap (a no-op unless someone watches)
         dialect = metrics.DIALECT.get()
         started = time.perf_counter()
         try:
@@ -386,6 +387,7 @@ async def read_body(request: web.Request, limit: int | None = None) -> bytes:
         raise bad from None
     if inflater is not None and not inflater.eof:
         raise errors.InvalidJSON(f"the request body is truncated {coding}: the stream does not end")
+    live.note_body(bytes(out))  # the live page's tap (a no-op unless someone watches)
     return bytes(out)
 
 
