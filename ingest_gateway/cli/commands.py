@@ -92,7 +92,32 @@ def parser() -> argparse.ArgumentParser:
     dl.add_argument("--stage", help="only this stage (events-sink, customers-sink, gateway:<dialect>, ...)")
     dl.add_argument("--limit", type=int, default=1000)
     dl.add_argument("--dry-run", action="store_true", dest="dry_run", help="replay: show what would be sent")
+    im = sub.add_parser("import", help="import historical data (Segment JSONL, Customer.io CSV/JSONL, plain events/customers)")
+    _common(im)
+    im.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    im.add_argument("--workspace", help="the workspace the data belongs to (default: the config's only workspace)")
+    im.add_argument("--format", dest="import_format", choices=["segment", "customerio", "events", "customers"],
+                    help="default: detected from the extension and the first line")
+    im.add_argument("--restart", action="store_true", help="ignore the checkpoint: read the files from the start")
+    im.add_argument("--resume", action="store_true", help="continue from the checkpoint (the default)")
+    im.add_argument("--dry-run", action="store_true", dest="dry_run", help="decode and report, send nothing")
+    im.add_argument("--batch", type=int, default=1000, help="records per Kafka batch (default 1000)")
     return root
+
+
+def _import(settings: CommonSettings, config: GoalstreamConfig, args: argparse.Namespace) -> int:
+    from . import importer
+
+    names = [w.name for w in config.workspaces]
+    workspace = args.workspace or (names[0] if len(names) == 1 else None)
+    if workspace is None or workspace not in names:
+        print(f"goalstream import: give --workspace (one of: {', '.join(names)})", file=sys.stderr)
+        return 2
+    running = runfile.running(settings.data_dir)  # the running stack's broker, if there is one
+    bootstrap = running and running.get("kafka") or settings.kafka_bootstrap
+    return asyncio.run(importer.run(args.files, fmt=args.import_format, workspace=workspace, bootstrap=bootstrap,
+                                    data_dir=settings.data_dir, restart=args.restart, dry_run=args.dry_run,
+                                    batch_size=max(1, args.batch)))
 
 
 def _settings(cls: type[CommonSettings], args: argparse.Namespace) -> Any:
@@ -294,7 +319,7 @@ def _deadletter(settings: CommonSettings, args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     cls = {"up": StackSettings, "gateway": GatewaySettings, "worker": WorkerSettings, "sql": CommonSettings, "deadletter": CommonSettings, "train": WorkerSettings,
-        "dispatcher": CommonSettings, "webhooks": CommonSettings}[
+        "dispatcher": CommonSettings, "webhooks": CommonSettings, "import": CommonSettings}[
         args.command
     ]
     try:
@@ -317,6 +342,8 @@ def main(argv: list[str] | None = None) -> int:
         # back through the dispatcher to the endpoint it failed for.
         args.stage = "dispatcher"
         return _deadletter(settings, args)
+    if args.command == "import":
+        return _import(settings, config, args)
     if args.command == "train":
         return _train(settings, config, args.goal, args.json)
     try:
