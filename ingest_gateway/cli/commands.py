@@ -228,15 +228,22 @@ def _train(settings: WorkerSettings, config: GoalstreamConfig, goal: str | None,
         print(f"goalstream train: no goal named {goal!r} (have: {', '.join(g.name for g in config.goals)})", file=sys.stderr)
         return 2
     info = runfile.running(settings.data_dir)
+    from .importer import Spinner
+
     try:
         if info is not None:
-            # The running stack holds the embedded ClickHouse and the scorer: it trains and rescores.
-            url = f"{info['url']}/admin/v1/train" + (f"?goal={urllib.parse.quote(goal)}" if goal else "")
-            req = urllib.request.Request(url, data=b"", method="POST", headers={"Authorization": f"Bearer {info['token']}"})
-            with urllib.request.urlopen(req, timeout=3600) as resp:
-                results = json.loads(resp.read())["data"]
+            # The running stack holds the embedded ClickHouse and the scorer: it trains and
+            # rescores. One request per goal name, so the spinner can say which one runs.
+            results = []
+            names = list(dict.fromkeys(g.name for g in config.goals if goal is None or g.name == goal))
+            for i, name in enumerate(names, 1):
+                url = f"{info['url']}/admin/v1/train?goal={urllib.parse.quote(name)}"
+                req = urllib.request.Request(url, data=b"", method="POST", headers={"Authorization": f"Bearer {info['token']}"})
+                with Spinner(f"training goal {name} ({i}/{len(names)})"), urllib.request.urlopen(req, timeout=3600) as resp:
+                    results.extend(json.loads(resp.read())["data"])
         else:
-            results = asyncio.run(_train_direct(settings, config, goal))
+            with Spinner("training"):
+                results = asyncio.run(_train_direct(settings, config, goal))
     except urllib.error.HTTPError as exc:
         print(f"goalstream train: {exc.read().decode(errors='replace')}", file=sys.stderr)
         return 1
@@ -311,7 +318,13 @@ def _deadletter(settings: CommonSettings, args: argparse.Namespace) -> int:
             print(f"would send {item.id} to {item.topic}")
         return 0
     running = runfile.running(settings.data_dir)  # the running stack's broker, if there is one
-    sent = asyncio.run(deadletters.send(running and running.get("kafka") or settings.kafka_bootstrap, plan.sends))
+    from .importer import counter
+
+    bar = counter(len(plan.sends), f"goalstream {args.command} replay")
+    try:
+        sent = asyncio.run(deadletters.send(running and running.get("kafka") or settings.kafka_bootstrap, plan.sends, bar))
+    finally:
+        bar.close()
     print(f"replayed {sent} of {len(rows)} dead letters ({len(plan.skipped)} not replayable)")
     return 0 if not plan.skipped else 1
 

@@ -550,3 +550,69 @@ async def run(paths: list[Path], *, fmt: str | None, workspace: str, bootstrap: 
         if producer is not None:
             await asyncio.wait_for(producer.stop(), 60)
     return rc
+
+
+# -- progress for the other long one-shot commands (train, deadletter/webhooks replay) -------
+
+
+class Spinner:
+    """A spinner with elapsed seconds on a terminal while ``desc`` runs; off a terminal one
+    line at the start and one every ``interval`` seconds, so a log shows it is still alive."""
+
+    FRAMES = "|/-\\"
+
+    def __init__(self, desc: str, stream=None, interval: float = 10.0):
+        import threading
+
+        self.desc, self.stream, self.interval = desc, stream or sys.stderr, interval
+        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._spin, daemon=True)
+
+    def _spin(self) -> None:
+        t0, i = time.monotonic(), 0
+        if not self.tty:
+            print(f"{self.desc}...", file=self.stream, flush=True)
+        while not self._done.wait(0.1 if self.tty else self.interval):
+            elapsed = time.monotonic() - t0
+            if self.tty:
+                i += 1
+                self.stream.write(f"\r{self.desc} {self.FRAMES[i % 4]} {elapsed:.0f}s")
+                self.stream.flush()
+            else:
+                print(f"{self.desc}: still running ({elapsed:.0f}s)", file=self.stream, flush=True)
+        if self.tty:
+            self.stream.write("\r\033[K")
+            self.stream.flush()
+
+    def __enter__(self) -> "Spinner":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._done.set()
+        self._thread.join(1)
+
+
+def counter(total: int, desc: str, stream=None):
+    """A count bar (tqdm) on a terminal, else a Progress printing plain lines."""
+    stream = stream or sys.stderr
+    if hasattr(stream, "isatty") and stream.isatty():
+        from tqdm import tqdm
+
+        return tqdm(total=total, desc=desc, file=stream, unit="")
+
+    class _Plain:
+        def __init__(self) -> None:
+            self.n, self.last = 0, time.monotonic()
+
+        def update(self, k: int = 1) -> None:
+            self.n += k
+            if time.monotonic() - self.last >= 5 or self.n == total:
+                self.last = time.monotonic()
+                print(f"{desc}: {self.n}/{total}", file=stream, flush=True)
+
+        def close(self) -> None:
+            pass
+
+    return _Plain()
