@@ -457,17 +457,32 @@ async def import_file(
     batch: list[model.Record] = []
     last_end, last_next = start, number
 
+    # One batch in flight while the next is decoded (the import otherwise waits on each ack:
+    # measured 16% CPU), never more: memory stays at two batches. The checkpoint moves only
+    # when a batch's ack came, to the state as it was after that batch's last line.
+    inflight: tuple[asyncio.Future, dict[str, Any]] | None = None
+
+    async def settle() -> None:
+        nonlocal inflight
+        if inflight is not None:
+            task, state = inflight
+            inflight = None
+            await task
+            save_checkpoint(cp_path, state)
+
     async def flush() -> None:
-        nonlocal batch
-        if batch and not dry_run:
-            await producer.publish(batch, batched=True)
+        nonlocal batch, inflight
+        await settle()
         summary.records += len(batch)
-        batch = []
         refusals.flush()
+        state = {"file": str(path), "format": fmt, "workspace": workspace, "offset": last_end, "next_line": last_next,
+                 "lines": summary.lines, "records": summary.records, "refused": summary.refused}
         if not dry_run:
-            save_checkpoint(cp_path, {"file": str(path), "format": fmt, "workspace": workspace, "offset": last_end,
-                                      "next_line": last_next, "lines": summary.lines, "records": summary.records,
-                                      "refused": summary.refused})
+            if batch:
+                inflight = (asyncio.ensure_future(producer.publish(batch, batched=True)), state)
+            else:
+                save_checkpoint(cp_path, state)
+        batch = []
 
     try:
         for line in read_lines(path, container, start, number):
@@ -484,10 +499,14 @@ async def import_file(
                 await flush()
                 progress.update(line.end, summary.records, summary.refused)
                 if stop is not None and stop.is_set():
+                    await settle()
                     raise Interrupted()
         await flush()
+        await settle()
         progress.update(last_end, summary.records, summary.refused)
     finally:
+        if inflight is not None:  # an error elsewhere: do not leave the send running unowned
+            inflight[0].cancel()
         progress.close()
         refusals.close()
     summary.refusals_path = refusals_path  # type: ignore[attr-defined]
