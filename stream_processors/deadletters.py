@@ -80,12 +80,15 @@ def plan(rows: Iterable[dict[str, Any]]) -> Plan:
     return out
 
 
-async def send(bootstrap: str, sends: list[Send]) -> int:
+async def send(bootstrap: str, sends: list[Send], progress: Any = None) -> int:
+    """``progress``: an object with ``update(n)`` (the CLI's bar), told of each one sent."""
     producer = RecordProducer(bootstrap, idempotence=False)
     try:
         await producer.start()
         for item in sends:
             await producer.send_raw(item.topic, item.value, item.key, item.headers)
+            if progress is not None:
+                progress.update(1)
     finally:
         await producer.stop()
     return len(sends)

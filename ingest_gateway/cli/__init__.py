@@ -15,6 +15,25 @@ processes.
 - ``runfile``: how the one-shot commands find a running stack.
 """
 
-from .commands import main, parser
+import os
+import sys
+
+from .commands import main as _main
+from .commands import parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The ``goalstream`` entry point: ``commands.main`` with a closed pipe handled, so
+    ``goalstream webhooks list | head`` ends quietly instead of with a BrokenPipeError."""
+    try:
+        rc = _main(argv)
+        sys.stdout.flush()  # a pipe closed after the last print fails here, still caught
+        return rc
+    except BrokenPipeError:
+        # Python's documented recipe: point stdout at devnull so the interpreter's own
+        # flush at exit does not raise again; 141 is what a shell reports for SIGPIPE.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+
 
 __all__ = ["main", "parser"]

@@ -105,6 +105,16 @@ def parser() -> argparse.ArgumentParser:
     doc = sub.add_parser("doctor", help="check config, ports, broker, ClickHouse, data dir and disk; non-zero on any FAIL")
     _common(doc)
     _http(doc)
+    im = sub.add_parser("import", help="import historical data (Segment JSONL, Customer.io CSV/JSONL, plain events/customers)")
+    _common(im)
+    im.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    im.add_argument("--workspace", help="the workspace the data belongs to (default: the config's only workspace)")
+    im.add_argument("--format", dest="import_format", choices=["segment", "customerio", "events", "customers"],
+                    help="default: detected from the extension and the first line")
+    im.add_argument("--restart", action="store_true", help="ignore the checkpoint: read the files from the start")
+    im.add_argument("--resume", action="store_true", help="continue from the checkpoint (the default)")
+    im.add_argument("--dry-run", action="store_true", dest="dry_run", help="decode and report, send nothing")
+    im.add_argument("--batch", type=int, default=1000, help="records per Kafka batch (default 1000)")
     return root
 
 
@@ -139,6 +149,21 @@ def _doctor(args: argparse.Namespace) -> int:
     for c in checks:
         print(c.line(), flush=True)
     return 1 if any(c.status == preflight.FAIL for c in checks) else 0
+
+
+def _import(settings: CommonSettings, config: GoalstreamConfig, args: argparse.Namespace) -> int:
+    from . import importer
+
+    names = [w.name for w in config.workspaces]
+    workspace = args.workspace or (names[0] if len(names) == 1 else None)
+    if workspace is None or workspace not in names:
+        print(f"goalstream import: give --workspace (one of: {', '.join(names)})", file=sys.stderr)
+        return 2
+    running = runfile.running(settings.data_dir)  # the running stack's broker, if there is one
+    bootstrap = running and running.get("kafka") or settings.kafka_bootstrap
+    return asyncio.run(importer.run(args.files, fmt=args.import_format, workspace=workspace, bootstrap=bootstrap,
+                                    data_dir=settings.data_dir, restart=args.restart, dry_run=args.dry_run,
+                                    batch_size=max(1, args.batch)))
 
 
 def _settings(cls: type[CommonSettings], args: argparse.Namespace) -> Any:
@@ -255,15 +280,22 @@ def _train(settings: WorkerSettings, config: GoalstreamConfig, goal: str | None,
         print(f"goalstream train: no goal named {goal!r} (have: {', '.join(g.name for g in config.goals)})", file=sys.stderr)
         return 2
     info = runfile.running(settings.data_dir)
+    from .importer import Spinner
+
     try:
         if info is not None:
-            # The running stack holds the embedded ClickHouse and the scorer: it trains and rescores.
-            url = f"{info['url']}/admin/v1/train" + (f"?goal={urllib.parse.quote(goal)}" if goal else "")
-            req = urllib.request.Request(url, data=b"", method="POST", headers={"Authorization": f"Bearer {info['token']}"})
-            with urllib.request.urlopen(req, timeout=3600) as resp:
-                results = json.loads(resp.read())["data"]
+            # The running stack holds the embedded ClickHouse and the scorer: it trains and
+            # rescores. One request per goal name, so the spinner can say which one runs.
+            results = []
+            names = list(dict.fromkeys(g.name for g in config.goals if goal is None or g.name == goal))
+            for i, name in enumerate(names, 1):
+                url = f"{info['url']}/admin/v1/train?goal={urllib.parse.quote(name)}"
+                req = urllib.request.Request(url, data=b"", method="POST", headers={"Authorization": f"Bearer {info['token']}"})
+                with Spinner(f"training goal {name} ({i}/{len(names)})"), urllib.request.urlopen(req, timeout=3600) as resp:
+                    results.extend(json.loads(resp.read())["data"])
         else:
-            results = asyncio.run(_train_direct(settings, config, goal))
+            with Spinner("training"):
+                results = asyncio.run(_train_direct(settings, config, goal))
     except urllib.error.HTTPError as exc:
         print(f"goalstream train: {exc.read().decode(errors='replace')}", file=sys.stderr)
         return 1
@@ -338,7 +370,13 @@ def _deadletter(settings: CommonSettings, args: argparse.Namespace) -> int:
             print(f"would send {item.id} to {item.topic}")
         return 0
     running = runfile.running(settings.data_dir)  # the running stack's broker, if there is one
-    sent = asyncio.run(deadletters.send(running and running.get("kafka") or settings.kafka_bootstrap, plan.sends))
+    from .importer import counter
+
+    bar = counter(len(plan.sends), f"goalstream {args.command} replay")
+    try:
+        sent = asyncio.run(deadletters.send(running and running.get("kafka") or settings.kafka_bootstrap, plan.sends, bar))
+    finally:
+        bar.close()
     print(f"replayed {sent} of {len(rows)} dead letters ({len(plan.skipped)} not replayable)")
     return 0 if not plan.skipped else 1
 
@@ -348,7 +386,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "doctor":
         return _doctor(args)
     cls = {"up": StackSettings, "gateway": GatewaySettings, "worker": WorkerSettings, "sql": CommonSettings, "deadletter": CommonSettings, "train": WorkerSettings,
-        "dispatcher": CommonSettings, "webhooks": CommonSettings}[
+        "dispatcher": CommonSettings, "webhooks": CommonSettings, "import": CommonSettings}[
         args.command
     ]
     try:
@@ -371,6 +409,8 @@ def main(argv: list[str] | None = None) -> int:
         # back through the dispatcher to the endpoint it failed for.
         args.stage = "dispatcher"
         return _deadletter(settings, args)
+    if args.command == "import":
+        return _import(settings, config, args)
     if args.command == "train":
         return _train(settings, config, args.goal, args.json)
     if args.command in ("up", "gateway"):
