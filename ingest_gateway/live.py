@@ -231,26 +231,11 @@ def _publish(tap: TapPort, redactor: logsafe.Redactor, request: web.Request, dia
     tap.add(entry)
 
 
-class _NotingCredentials:
-    """The app's credentials, noting which workspace a request's credential named (so a
-    refused body of an authenticated sender shows in that workspace's feed)."""
-
-    def __init__(self, inner: Any):
-        self._inner = inner
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
-
-    def match(self, field: str, presented: Any) -> str | None:
-        workspace = self._inner.match(field, presented)
-        if field != "admin_token":
-            note_workspace(workspace)
-        return workspace
-
-    def match_pair(self, fields: tuple[str, str], presented: Any) -> str | None:
-        workspace = self._inner.match_pair(fields, presented)
+def _on_match(field: str, workspace: str | None) -> None:
+    """Credentials matched on a dialect path name the workspace of the entry (an admin
+    token's match is the admin API's, which the tap does not show)."""
+    if field != "admin_token":
         note_workspace(workspace)
-        return workspace
 
 
 # -- the goals' figures ----------------------------------------------------------------
@@ -313,10 +298,10 @@ async def goal_figures(services: Any, workspace: str, goal: str) -> dict[str, An
 def add_routes(app: web.Application, services: Any, dialects: list[Any], scope_of: Callable[[web.Request], Any],
                tap: TapPort | None = None, secrets: Sequence[str] = ()) -> TapPort:
     """The pages, their JSON endpoints and the tap's middleware (outermost, so it sees the
-    response the client got); the credentials wrapped to note the workspace."""
+    response the client got); the credentials' matches noted for the entry's workspace."""
     tap = tap if tap is not None else Tap()
     redactor = logsafe.Redactor([*logsafe.config_secrets(services.config), *secrets])
-    services.credentials = _NotingCredentials(services.credentials)
+    services.credentials.listen(_on_match)  # requestlog.NotingCredentials: who a request's credential named
     app.middlewares.insert(0, tap_middleware(tap, dialects, redactor))
 
     def require(request: web.Request) -> Any:

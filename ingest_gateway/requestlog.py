@@ -55,22 +55,31 @@ def note_error(request: web.Request, message: str) -> None:
 
 class NotingCredentials:
     """A ``Credentials`` (schemas.config) whose successful matches name the request's
-    workspace for the access line; everything else passes through."""
+    workspace for the access line, and for each ``listen``er (the live page's tap: a
+    refused body of an authenticated sender shows in that workspace's feed); everything
+    else passes through."""
 
     def __init__(self, inner: Any):
         self._inner = inner
+        self._listeners: list[Callable[[str, str | None], None]] = []
 
-    def _note(self, workspace: str | None) -> str | None:
+    def listen(self, listener: Callable[[str, str | None], None]) -> None:
+        """``listener(field, workspace)`` after every match (workspace None: no match)."""
+        self._listeners.append(listener)
+
+    def _note(self, field: str, workspace: str | None) -> str | None:
         notes = _noted.get()
         if workspace is not None and notes is not None:
             notes["workspace"] = workspace
+        for listener in self._listeners:
+            listener(field, workspace)
         return workspace
 
     def match(self, field: str, presented: Any) -> str | None:
-        return self._note(self._inner.match(field, presented))
+        return self._note(field, self._inner.match(field, presented))
 
     def match_pair(self, fields: tuple[str, str], presented: Any) -> str | None:
-        return self._note(self._inner.match_pair(fields, presented))
+        return self._note(fields[0], self._inner.match_pair(fields, presented))
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
