@@ -14,6 +14,8 @@ The reader is opened and closed by whoever passed it (the app never opens ClickH
 
 from __future__ import annotations
 
+import base64
+import binascii
 import functools
 import hmac
 import logging
@@ -22,11 +24,14 @@ import time
 import weakref
 from typing import Any, AsyncIterator
 
+import fastavro.validation
+import orjson
 from aiohttp import web
 
-from schemas import metrics
+from schemas import codec, metrics, topics
 from schemas.config import Credentials, GoalstreamConfig, presented_bytes
 from schemas.kafka import RecordProducer
+from schemas.model import Record
 from schemas.settings import GatewaySettings
 from schemas.warehouse import WarehouseBusy, WarehouseError
 
@@ -222,6 +227,50 @@ async def admin_train(request: web.Request) -> web.Response:
     return json_response({"data": trained, "object": "training"})
 
 
+# POST /admin/v1/records: what `goalstream import` sends (records of these topics only).
+IMPORT_TOPICS = (topics.EVENTS, topics.CUSTOMERS)
+MAX_IMPORT_RECORDS = 10_000
+
+
+def _import_record(number: int, line: bytes) -> Record:
+    try:
+        obj = orjson.loads(line)
+        record = Record(schema=obj["schema"], topic=obj["topic"], key=base64.b64decode(obj["key"], validate=True), value=obj["value"])
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, binascii.Error):
+        raise errors.InvalidRequest(f"line {number}: not a record (an object with schema, topic, key in base64, value)") from None
+    if record.topic not in IMPORT_TOPICS:
+        raise errors.InvalidRequest(f"line {number}: records go to {' or '.join(IMPORT_TOPICS)}, not {record.topic!r}")
+    schema = codec.LATEST.get(record.schema) if isinstance(record.schema, str) else None
+    if schema is None or not isinstance(record.value, dict):
+        raise errors.InvalidRequest(f"line {number}: unknown schema {record.schema!r}")
+    workspace = record.value.get("workspace")
+    if not isinstance(workspace, str) or not record.key.startswith(workspace.encode() + b":"):
+        raise errors.InvalidRequest(f"line {number}: the key must be the record's partition key (workspace:customer_id)")
+    try:
+        fastavro.validation.validate(record.value, schema.parsed, raise_errors=True)
+    except Exception as exc:  # fastavro's ValidationError and its kin: the value does not fit the schema
+        raise errors.InvalidRequest(f"line {number}: the value does not fit {record.schema}: {str(exc)[:300]}") from None
+    return record
+
+
+async def admin_records(request: web.Request) -> web.Response:
+    """Canonical records already decoded by the dialects' own functions (``goalstream
+    import`` does that, line by line), JSONL, published like a dialect's: through the
+    app's sink, so in ``goalstream up`` they are spooled (fsynced) before the 2xx, and the
+    stack's admission (503 + Retry-After while its backlog is full) applies. The
+    operator's token only: these records name their workspace themselves."""
+    scope = _require_admin(request)
+    if not scope.operator:
+        raise errors.Forbidden("the operator's token is required to import records")
+    lines = [line for line in (await read_body(request)).splitlines() if line.strip()]
+    if len(lines) > MAX_IMPORT_RECORDS:
+        raise errors.LimitExceeded(f"at most {MAX_IMPORT_RECORDS} records per request")
+    records = [_import_record(i + 1, line) for i, line in enumerate(lines)]
+    if records:
+        await request.app[SERVICES].publish(records)
+    return json_response({"accepted": len(records), "object": "records"})
+
+
 ADMIN_SQL = web.AppKey("admin_sql", object)
 
 
@@ -355,6 +404,7 @@ def create_app(
     app[HEALTH].add_probe("clickhouse", lambda: services.warehouse.ping() if services.warehouse is not None else _false())
     app.router.add_post("/admin/v1/sql", admin_sql)
     app.router.add_post("/admin/v1/train", admin_train)
+    app.router.add_post("/admin/v1/records", admin_records)
     # The live events and goals pages (``tap``: where entries go; default: this process's own ring).
     app[TAP] = live.add_routes(app, services, dialects, _admin_scope, tap, secrets=[local_token] if local_token else [])
     openapi.add_routes(app)  # GET /openapi.json and /docs

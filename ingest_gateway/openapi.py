@@ -169,6 +169,8 @@ OPERATIONS |= {
                                          _ADMIN, ok="{seq, entries}", params=[_q("after", "the seq of the newest entry already seen")]),
     ("GET", "/admin/v1/goals"): op("admin", "Per goal: conversion per cohort, likelihood histogram, calibration, the model's figures",
                                    _ADMIN, ok="{data: [...], object: goals}", params=[_q("goal", "one goal")]),
+    ("POST", "/admin/v1/records"): op("admin", "Publish canonical records decoded by goalstream import (operator only; JSONL of {schema, topic, key (base64), value})",
+                                      _ADMIN, body=_STR, content="application/x-ndjson", ok="{accepted, object: records}"),
     ("GET", "/metrics"): op("admin", "Prometheus metrics of the whole gateway (the operator's token unless GOALSTREAM_METRICS_AUTH=false)",
                             _ADMIN, content="text/plain", ok="Prometheus text exposition"),
 }

@@ -159,11 +159,10 @@ def _import(settings: CommonSettings, config: GoalstreamConfig, args: argparse.N
     if workspace is None or workspace not in names:
         print(f"goalstream import: give --workspace (one of: {', '.join(names)})", file=sys.stderr)
         return 2
-    running = runfile.running(settings.data_dir)  # the running stack's broker, if there is one
-    bootstrap = running and running.get("kafka") or settings.kafka_bootstrap
-    return asyncio.run(importer.run(args.files, fmt=args.import_format, workspace=workspace, bootstrap=bootstrap,
+    running = runfile.running(settings.data_dir)  # a running stack takes the batches through its spool
+    return asyncio.run(importer.run(args.files, fmt=args.import_format, workspace=workspace, bootstrap=settings.kafka_bootstrap,
                                     data_dir=settings.data_dir, restart=args.restart, dry_run=args.dry_run,
-                                    batch_size=max(1, args.batch)))
+                                    batch_size=max(1, args.batch), stack=running))
 
 
 def _settings(cls: type[CommonSettings], args: argparse.Namespace) -> Any:

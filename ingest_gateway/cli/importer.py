@@ -8,14 +8,15 @@ same functions decide: ``segment.decode_message``, ``customerio.Decoder``) -> a 
 most ``--batch`` records -> ``RecordProducer.publish`` (acks=all) -> the checkpoint file is
 advanced to the byte offset after the last line of the acknowledged batch.
 
-Why produce directly to Kafka instead of posting through the stack's gateway: an import is
-an operator's bulk job, not an SDK that cannot retry. The gateway's spool exists so that a
-client's 2xx survives a broker outage; here the checkpoint plays that role (a batch not
-acknowledged by the broker is simply read again on the next run) and the events sink's
-exact dedup by (workspace, message_id) makes that re-read harmless. Going to the broker
-directly also skips one copy through HTTP, IPC and the spool for every record, and needs no
-new admin route. When a ``goalstream up`` runs on the data dir its broker address is taken
-from its run file (``runfile.running``); otherwise ``--kafka``.
+Where the batches go: when a ``goalstream up`` runs on the data dir (its run file,
+``runfile.running``), to its gateway's ``POST /admin/v1/records`` with the run's operator
+token (``StackSink``): the stack spools a batch (fsynced) before it answers 2xx, as it does
+for an SDK's request, so the checkpoint never moves past a batch that an embedded,
+memory-only broker could still lose in a crash; and its admission applies (503 +
+Retry-After while the backlog is full: the import waits and sends again). Otherwise the
+batches go straight to ``--kafka`` with ``RecordProducer`` (acks=all: an acknowledged batch
+is durable there). Either way a batch not acknowledged is read again on the next run, and
+the events sink's exact dedup by (workspace, message_id) makes that re-read harmless.
 
 Ids: a line's own id (Segment ``messageId``, Customer.io ``id``, plain ``id``/``message_id``)
 is kept; a line without one gets a UUID derived from sha256(workspace, the line's bytes) (and
@@ -524,8 +525,73 @@ def print_summary(path: Path, s: Summary, out=None, dry_run: bool = False) -> No
         print(f"  refused lines (JSONL: line, reason, text): {getattr(s, 'refusals_path', '')}", file=out)
 
 
+class StackSink:
+    """The running stack as the importer's sink: ``publish(records)`` POSTs them (JSONL) to
+    its ``/admin/v1/records`` and returns once the stack made them durable (its 2xx).
+    503/429 (backlog full, broker restarting, draining) and a connection that fails are
+    retried after Retry-After (or a growing pause) for up to ``patience_s``; any other
+    refusal is the batch's, and stops the import with the stack's message."""
+
+    def __init__(self, url: str, token: str, *, timeout_s: float = 120.0, patience_s: float = 600.0):
+        self.url = url.rstrip("/") + "/admin/v1/records"
+        self.token = token
+        self.timeout_s, self.patience_s = timeout_s, patience_s
+        self.session: Any = None
+
+    async def start(self) -> None:
+        import aiohttp
+
+        self.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout_s),
+                                             headers={"Authorization": f"Bearer {self.token}"})
+
+    async def stop(self) -> None:
+        if self.session is not None:
+            await self.session.close()
+            self.session = None
+
+    @staticmethod
+    def body(records: list[model.Record]) -> bytes:
+        import base64
+
+        return b"\n".join(orjson.dumps({"schema": r.schema, "topic": r.topic, "key": base64.b64encode(r.key).decode(),
+                                        "value": r.value}) for r in records)
+
+    async def publish(self, records: list[model.Record], batched: bool = True) -> None:
+        """``batched``: RecordProducer's option, meaningless here (the stack batches)."""
+        import aiohttp
+
+        body = self.body(records)
+        deadline = time.monotonic() + self.patience_s
+        pause = 0.5
+        while True:
+            try:
+                async with self.session.post(self.url, data=body, headers={"Content-Type": "application/x-ndjson"}) as resp:
+                    if resp.status < 300:
+                        return
+                    text = await resp.text()
+                    if resp.status not in (429, 503):
+                        try:
+                            text = orjson.loads(text)["error"]["message"]
+                        except Exception:
+                            pass
+                        raise ImportError_(f"the stack refused a batch ({resp.status}): {text[:500]}")
+                    try:
+                        pause = float(resp.headers.get("Retry-After", pause))
+                    except ValueError:
+                        pass
+            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+                why = f"{type(exc).__name__}: {exc}"
+                pause = min(pause * 2, 10.0)
+            else:
+                why = f"the stack answered {resp.status} (busy)"
+            if time.monotonic() + pause > deadline:
+                raise ImportError_(f"the stack did not take a batch for {self.patience_s:.0f} s: {why}")
+            await asyncio.sleep(pause)
+
+
 async def run(paths: list[Path], *, fmt: str | None, workspace: str, bootstrap: str | None, data_dir: Path,
-              restart: bool, dry_run: bool, batch_size: int) -> int:
+              restart: bool, dry_run: bool, batch_size: int, stack: dict[str, Any] | None = None) -> int:
+    """``stack``: the running stack's run file (its URL and token), else None (``bootstrap``)."""
     from schemas.kafka import RecordProducer
 
     stop = asyncio.Event()
@@ -541,7 +607,11 @@ async def run(paths: list[Path], *, fmt: str | None, workspace: str, bootstrap: 
         loop.add_signal_handler(sig, on_signal)
     producer = None
     if not dry_run:
-        producer = RecordProducer(bootstrap or "127.0.0.1:9092", timeout_s=60.0, linger_ms=5)
+        if stack is not None:
+            producer = StackSink(stack["url"], stack["token"])
+            batch_size = min(batch_size, 10_000)  # the endpoint's bound per request (MAX_IMPORT_RECORDS)
+        else:
+            producer = RecordProducer(bootstrap or "127.0.0.1:9092", timeout_s=60.0, linger_ms=5)
         await asyncio.wait_for(producer.start(), 60)
     rc = 0
     try:
