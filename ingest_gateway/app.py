@@ -32,6 +32,7 @@ from schemas import codec, metrics, topics
 from schemas.config import Credentials, GoalstreamConfig, presented_bytes
 from schemas.kafka import RecordProducer
 from schemas.model import Record
+from schemas.regulations import Forgotten
 from schemas.settings import GatewaySettings
 from schemas.warehouse import WarehouseBusy, WarehouseError
 
@@ -39,7 +40,7 @@ from . import errors, live, openapi, ratelimit, requestlog, sqlguard
 from .dialects import DIALECTS, Dialect, Services
 from .dialects.base import json_response, read_body
 from .health import Health
-from .ports import Admission, Reader, Recommender, RecordSink, Trainer
+from .ports import Admission, Reader, Recommender, RecordSink, Regulations, Trainer
 
 log = logging.getLogger("goalstream.gateway")
 SERVICES = web.AppKey("services", Services)
@@ -271,6 +272,77 @@ async def admin_records(request: web.Request) -> web.Response:
     return json_response({"accepted": len(records), "object": "records"})
 
 
+# POST/GET /admin/v1/forget: data-subject regulations (stream_processors.forget).
+MAX_WAIT_S = 120.0
+
+
+def _regulator(request: web.Request) -> Any:
+    regulator = request.app[SERVICES].regulator
+    if regulator is None:
+        raise errors.Unavailable("this gateway has no ClickHouse to erase from; use goalstream forget where it runs", retry_after=5)
+    return regulator
+
+
+async def admin_forget(request: web.Request) -> web.Response:
+    """Forget a person: ``{"customer_id": ..., "workspace": ..., "suppress": false, "wait": false}``.
+
+    Every row of the person (the id, ids merged or aliased into them, anonymous ids
+    identified as them) is removed from every table, in the background; the answer is 202
+    with the regulation once it is recorded and in force (``wait``: 200 once it completed,
+    up to ``MAX_WAIT_S``). A workspace's admin token forgets in that workspace only."""
+    scope = _require_admin(request)
+    try:
+        body = orjson.loads(await read_body(request))
+    except orjson.JSONDecodeError:
+        raise errors.InvalidRequest("the body is not JSON") from None
+    if not isinstance(body, dict):
+        raise errors.InvalidRequest("the body must be a JSON object")
+    customer_id = body.get("customer_id")
+    if isinstance(customer_id, int) and not isinstance(customer_id, bool):
+        customer_id = str(customer_id)
+    if not isinstance(customer_id, str) or not customer_id.strip() or len(customer_id) > 1000:
+        raise errors.InvalidRequest("'customer_id' is required: the id of the person to forget", param="customer_id")
+    workspace = body.get("workspace", scope.workspace)
+    if not isinstance(workspace, str) or not workspace:
+        raise errors.InvalidRequest("'workspace' is required with the operator's token", param="workspace")
+    if not scope.operator and workspace != scope.workspace:
+        raise errors.Forbidden("this admin token may forget people of its own workspace only")
+    if request.app[SERVICES].config.workspace(workspace) is None:
+        raise errors.InvalidRequest(f"no workspace named {workspace!r}", param="workspace")
+    for flag in ("suppress", "wait"):
+        if not isinstance(body.get(flag, False), bool):
+            raise errors.InvalidRequest(f"'{flag}' must be true or false", param=flag)
+    note = body.get("requested_by")
+    who = "operator" if scope.operator else f"admin token of {workspace}"
+    requested_by = f"{who} via POST /admin/v1/forget, request {requestlog.request_id.get() or '-'}"
+    if isinstance(note, str) and note.strip():
+        requested_by = f"{note.strip()[:100]} ({requested_by})"
+    regulator = _regulator(request)
+    try:
+        regulation = await regulator.request(workspace, customer_id, suppress=body.get("suppress", False), requested_by=requested_by)
+        if body.get("wait"):
+            regulation = await regulator.wait(regulation["id"], MAX_WAIT_S) or regulation
+    except WarehouseError as exc:
+        raise errors.Unavailable("the regulation could not be recorded right now; retry shortly", retry_after=5) from exc
+    done = regulation["state"] in ("completed", "failed")
+    return json_response(regulation, status=200 if done else 202)
+
+
+async def admin_regulations(request: web.Request) -> web.Response:
+    """The regulations (newest first), or one (``/admin/v1/forget/{id}``), of the caller's workspace."""
+    scope = _require_admin(request)
+    regulation = request.match_info.get("id")
+    try:
+        found = await _regulator(request).list(None if scope.operator else scope.workspace, regulation)
+    except WarehouseError as exc:
+        raise errors.Unavailable("the regulations could not be read right now; retry shortly", retry_after=5) from exc
+    if regulation is not None:
+        if not found:
+            raise errors.NotFound(f"no regulation {regulation!r}")
+        return json_response(found[0])
+    return json_response({"object": "list", "data": found})
+
+
 ADMIN_SQL = web.AppKey("admin_sql", object)
 
 
@@ -362,6 +434,8 @@ def create_app(
     recommender: Recommender | None = None,
     admission: Admission | None = None,
     tap: "live.TapPort | None" = None,
+    forgotten: Forgotten | None = None,
+    regulator: Regulations | None = None,
 ) -> web.Application:
     """Build the gateway.
 
@@ -370,7 +444,10 @@ def create_app(
     (default: a Kafka ``RecordProducer`` from the settings, started and stopped with the
     app). ``trainer``/``recommender``: the scorer's, without which POST /admin/v1/train and
     GET recommended-next-actions answer 503. ``admission``: asked before every publish
-    (the embedded stack refuses while its broker is down or its backlog is full)."""
+    (the embedded stack refuses while its broker is down or its backlog is full).
+    ``forgotten``: the regulations in force, kept fresh by the caller (suppressed people's
+    records are refused); ``regulator``: where POST /admin/v1/forget and a vendor's deletion
+    call go (None: 503, and a vendor's deletion deletes the profile only)."""
     producer = producer or RecordProducer(
         settings.kafka_bootstrap, idempotence=settings.kafka_idempotence, timeout_s=settings.produce_timeout_s
     )
@@ -378,7 +455,8 @@ def create_app(
     limiter = ratelimit.RateLimiter.from_settings(settings)
     credentials = limiter.credentials(Credentials(config)) if limiter else Credentials(config)
     credentials = requestlog.NotingCredentials(credentials)  # names the workspace on the access line
-    services = Services(config=config, credentials=credentials, producer=producer, warehouse=warehouse, recommender=recommender, admission=admission)
+    services = Services(config=config, credentials=credentials, producer=producer, warehouse=warehouse, recommender=recommender, admission=admission,
+                        forgotten=forgotten, regulator=regulator)
     dialects = [d(services) for d in DIALECTS]
     routes: dict[Any, tuple[str, str]] = {}
     app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[
@@ -405,6 +483,9 @@ def create_app(
     app.router.add_post("/admin/v1/sql", admin_sql)
     app.router.add_post("/admin/v1/train", admin_train)
     app.router.add_post("/admin/v1/records", admin_records)
+    app.router.add_post("/admin/v1/forget", admin_forget)
+    app.router.add_get("/admin/v1/forget", admin_regulations)
+    app.router.add_get("/admin/v1/forget/{id}", admin_regulations)
     # The live events and goals pages (``tap``: where entries go; default: this process's own ring).
     app[TAP] = live.add_routes(app, services, dialects, _admin_scope, tap, secrets=[local_token] if local_token else [])
     openapi.add_routes(app)  # GET /openapi.json and /docs

@@ -50,6 +50,10 @@ class Forbidden(GatewayError):
     """The credential is known but may not do this."""
 
 
+class Suppressed(Forbidden):
+    """The record is about a person a regulation suppressed (``goalstream forget --suppress``)."""
+
+
 class NotFound(GatewayError):
     """No such path, or no such resource."""
 

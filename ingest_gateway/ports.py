@@ -3,8 +3,8 @@
 ``create_app`` is given a ``RecordSink`` (canonical records to Kafka; the app starts it
 before the first request and stops it after the last), a ``Reader`` (ClickHouse reads for
 the GET endpoints, the admin SQL lane and ``/healthz``), a ``Recommender`` (GET
-recommended-next-actions), a ``Trainer`` (POST /admin/v1/train) and an ``Admission`` (may
-the pipeline take records right now). The gateway defines
+recommended-next-actions), a ``Trainer`` (POST /admin/v1/train), ``Regulations`` (forget a
+person) and an ``Admission`` (may the pipeline take records right now). The gateway defines
 them and never imports their implementations: ``schemas.kafka.RecordProducer`` and
 ``schemas.warehouse.Warehouse`` fit the first two as they are, and the composition root
 (``ingest_gateway.cli``) builds the other two from the stream processors' scorer. In an
@@ -79,3 +79,16 @@ class Trainer(Protocol):
         """Train one goal's model (None: every goal) of one workspace (None: every one),
         start scoring with it and rescore; one summary per model trained."""
         ...
+
+
+class Regulations(Protocol):
+    """Data-subject regulations (POST /admin/v1/forget, a vendor's deletion call):
+    ``stream_processors.forget.Regulator`` where ClickHouse is, the stack's over IPC in a front."""
+
+    async def request(self, workspace: str, customer_id: str, *, suppress: bool, requested_by: str) -> dict[str, Any]:
+        """Recorded (durable) and in force when this returns; carried out in the background."""
+        ...
+
+    async def list(self, workspace: str | None = None, regulation: str | None = None) -> list[dict[str, Any]]: ...
+
+    async def wait(self, regulation: str, timeout_s: float) -> dict[str, Any] | None: ...

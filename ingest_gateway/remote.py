@@ -12,6 +12,8 @@ What flows through them:
   per request. The stack checks again on every publish.
 - ``RemoteReader`` (ClickHouse reads, ping, the admin lane), ``RemoteRecommender``,
   ``RemoteTrainer``: forwarded; chDB allows one process per data dir, and it is the stack.
+- ``RemoteRegulations``: forwarded (the stack carries regulations out); the front's list of
+  suppressed people is refreshed through ``RemoteReader`` like any read.
 - ``RemoteHealth``: ``/healthz`` shows the stack's components and figures, fetched on each
   probe, with the front's own gateway state over them.
 If the stack is gone, writes answer 503 (``KafkaUnavailable``) and reads fail as a
@@ -150,3 +152,25 @@ class RemoteHealth(Health):
 
     def states(self) -> dict[str, str]:
         return {**self.stack_components, **self.components}
+
+
+class RemoteRegulations:
+    """``Regulations``: the stack's regulator (it holds ClickHouse)."""
+
+    def __init__(self, channel: Channel):
+        self.channel = channel
+
+    async def _call(self, method: str, *args: Any) -> Any:
+        try:
+            return await self.channel.call(method, *args)
+        except ChannelClosed as exc:
+            raise WarehouseError(f"the stack process did not answer: {exc}") from None
+
+    async def request(self, workspace: str, customer_id: str, *, suppress: bool, requested_by: str) -> dict[str, Any]:
+        return await self._call("forget", workspace, customer_id, suppress, requested_by)
+
+    async def list(self, workspace: str | None = None, regulation: str | None = None) -> list[dict[str, Any]]:
+        return await self._call("regulations", workspace, regulation)
+
+    async def wait(self, regulation: str, timeout_s: float) -> dict[str, Any] | None:
+        return await self._call("regulation_wait", regulation, timeout_s)

@@ -48,6 +48,9 @@ class Workspace(_Strict):
     customerio_api_key: SecretStr | None = None
     segment_write_key: SecretStr | None = None
     admin_token: SecretStr | None = None
+    # Records about a suppressed person (``goalstream forget --suppress``): "refuse" answers
+    # 403 in the caller's dialect; "discard" answers as if accepted. Neither is ever stored.
+    suppressed_records: Literal["refuse", "discard"] = "refuse"
 
     @field_validator(*CREDENTIAL_FIELDS)
     @classmethod

@@ -77,6 +77,12 @@ WEBHOOK_ATTEMPTS = Counter(
     "goalstream_webhook_attempts", "Webhook delivery attempts, by outcome.",
     ["outcome"], registry=REGISTRY,
 )
+FORGOTTEN_RECORDS = Counter(
+    "goalstream_forgotten_records", "Records of a forgotten or suppressed person not stored or sent, by stage "
+    "(gateway: refused or discarded for a suppressed person; a sink: in flight at the request, or suppressed; "
+    "scorer, dispatcher: not scored or sent).",
+    ["stage"], registry=REGISTRY,
+)
 
 # The names as Prometheus exposes them (a Counter ``x`` is scraped as ``x_total``), for the
 # dashboard test and the README.
@@ -90,6 +96,7 @@ EXPOSED: dict[str, str] = {
     "goalstream_deadletters_total": "counter",
     "goalstream_scores_total": "counter",
     "goalstream_webhook_attempts_total": "counter",
+    "goalstream_forgotten_records_total": "counter",
 }
 
 # The request's dialect, set by the gateway's metrics middleware, read where records are

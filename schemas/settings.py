@@ -45,6 +45,9 @@ class CommonSettings(BaseSettings):
     retention_scores_days: int = Field(default=90, ge=0, le=36_500, validation_alias=_env("retention_scores_days", "GOALSTREAM_RETENTION_SCORES_DAYS"))
     retention_webhook_attempts_days: int = Field(default=30, ge=0, le=36_500, validation_alias=_env("retention_webhook_attempts_days", "GOALSTREAM_RETENTION_WEBHOOK_ATTEMPTS_DAYS"))
     retention_deadletters_days: int = Field(default=0, ge=0, le=36_500, validation_alias=_env("retention_deadletters_days", "GOALSTREAM_RETENTION_DEADLETTERS_DAYS"))
+    # A regulation (goalstream forget) sweeps every table, waits this long (longer than every
+    # part's refresh of the regulations plus a batch in flight), then sweeps again.
+    forget_settle_s: float = Field(default=5.0, ge=0, le=600, validation_alias=_env("forget_settle_s", "GOALSTREAM_FORGET_SETTLE_S"))
     # At most this many log lines per (logger, message) per interval; the rest are
     # counted and reported as one "suppressed K similar messages" line. 0: no limit.
     log_rate_limit: int = Field(default=20, ge=0, validation_alias=_env("log_rate_limit", "GOALSTREAM_LOG_RATE_LIMIT"))

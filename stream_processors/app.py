@@ -29,6 +29,7 @@ from mode import Service
 
 from schemas import metrics, model, topics
 from schemas.registry import Registry
+from schemas.regulations import Forgotten
 from schemas.config import GoalstreamConfig
 from schemas.kafka import RecordProducer
 from schemas.settings import WorkerSettings
@@ -138,11 +139,13 @@ def scoring_stage(settings: WorkerSettings, scorer: Scorer, **kwargs: Any) -> Sc
 
 class Processors:
     def __init__(self, settings: WorkerSettings, warehouse: Warehouse, config: GoalstreamConfig, models: Any = None,
-                 scoring: Any = None):
+                 scoring: Any = None, forgotten: Forgotten | None = None):
         """``scoring``: the scoring stage run elsewhere instead of hosted here (the embedded
         stack runs it in a process of its own, off this loop: ``ingest_gateway/cli/scoring.py``).
         It has ``scored`` (a Progress), ``acked`` (what its producer published), and
-        ``start(processors)``, ``stop(timeout, broker_gone)``, ``train(goal, workspace)``."""
+        ``start(processors)``, ``stop(timeout, broker_gone)``, ``train(goal, workspace)``.
+        ``forgotten``: the regulations' list, kept fresh by the caller (default: one of our
+        own, refreshed from ``warehouse`` while we run)."""
         self.settings = settings
         self.warehouse = warehouse
         self.config = config
@@ -150,10 +153,14 @@ class Processors:
         # Dead letters, propensity changes and recommended actions all go out through this one.
         # Not idempotent: what it sends carries deterministic ids, so a retry duplicate is recognisable.
         self.producer = RecordProducer(settings.kafka_bootstrap, idempotence=False, registry=Registry.from_settings(settings))
-        self.events = EventsSink(warehouse, dedup_window=settings.dedup_window, exact=settings.exact_dedup)
-        self.customers = CustomersSink(warehouse, cache_size=settings.customer_cache_size)
-        self.deadletters = DeadLettersSink(warehouse)
-        self.scorer = Scorer(settings, config, warehouse, self.producer, is_leader=self._owns_partition_zero, models=models)
+        self._own_forgotten = forgotten is None
+        self.forgotten = forgotten if forgotten is not None else Forgotten()
+        f = self.forgotten
+        self.events = EventsSink(warehouse, dedup_window=settings.dedup_window, exact=settings.exact_dedup, forgotten=f)
+        self.customers = CustomersSink(warehouse, cache_size=settings.customer_cache_size, forgotten=f)
+        self.deadletters = DeadLettersSink(warehouse, forgotten=f)
+        self.scorer = Scorer(settings, config, warehouse, self.producer, is_leader=self._owns_partition_zero, models=models,
+                             forgotten=f)
         letters = DeadLetterTopic(self.producer)
         shared = {"is_up": warehouse.ping, "progress": self.progress}
         s = self.settings
@@ -270,6 +277,10 @@ class Processors:
 
     async def start(self) -> None:
         (self.settings.data_dir / "faust").mkdir(parents=True, exist_ok=True)
+        if self._own_forgotten:
+            # Refreshed while we run; the sinks read it once themselves before their first
+            # write (``Forgotten.ready``), so nothing is stored before the list is known.
+            self.forgotten.start(self.warehouse)
         # The scorer's reads and its three inserts per round on a lane of their own: with them
         # on the sinks' thread, POST -> row visible at 5k events/s with a goal was 1.6-2.8 s.
         self.scorer.warehouse = self._scoring_lane = await self.warehouse.lane()
@@ -294,6 +305,8 @@ class Processors:
         if self.external is not None:
             await stop_within("the scoring process", self.external.stop(timeout, broker_gone=broker_gone), timeout)
         await self.scorer.stop()
+        if self._own_forgotten:
+            await self.forgotten.stop()
         # Bounded: with the broker gone, a consumer leaving its group could wait forever.
         await stop_within("the processors", self.app.stop(), timeout)
         # With the broker gone, what the producer buffers is not delivered later to a new one.

@@ -28,7 +28,8 @@ from typing import Any, Iterable, Iterator, Sequence
 import numpy as np
 import orjson
 
-from schemas import codec, model
+from schemas import codec, metrics, model
+from schemas.regulations import Forgotten, persons_of, quoted
 from schemas.warehouse import Warehouse
 
 from . import customers as cust
@@ -86,6 +87,23 @@ def _trim(cache: OrderedDict, limit: int) -> None:
         cache.popitem(last=False)
 
 
+def _ms(value: Any) -> int | None:
+    """A record's time as int ms (decoded with or without logical types)."""
+    if isinstance(value, int):
+        return value
+    return int(value.timestamp() * 1000) if hasattr(value, "timestamp") else None
+
+
+def _forgotten_dropped(stage: str, n: int) -> None:
+    if n:
+        metrics.FORGOTTEN_RECORDS.labels(stage).inc(n)
+
+
+def _event_person(record: dict[str, Any]) -> tuple[str]:
+    # The person an event is stored for (events.person_id): its customer, else its anonymous id.
+    return (record.get("customer_id") or record.get("anonymous_id") or "",)
+
+
 # What a sink that starts (or is handed partitions) remembers first: the ids ClickHouse stored
 # last, whichever worker stored them, so a resend or a replay is recognised across restarts.
 # The day bound keeps the sort to recent rows; the window's size bounds what is kept.
@@ -101,8 +119,9 @@ class EventsSink:
     exact and free), or when ``events`` holds it from any time before (``stored``, a Bloom
     filter of every id stored, confirmed in ClickHouse: ``storedids``)."""
 
-    def __init__(self, warehouse: Warehouse, *, dedup_window: int, exact: bool = True):
+    def __init__(self, warehouse: Warehouse, *, dedup_window: int, exact: bool = True, forgotten: Forgotten | None = None):
         self.warehouse = warehouse
+        self.forgotten = forgotten  # records of a forgotten person are dropped here, before anything else
         self.dedup_window = dedup_window
         self.exact = exact
         self.seen = RecentIds(dedup_window)  # recent (workspace, message_id)
@@ -181,7 +200,13 @@ class EventsSink:
     async def write(self, batch: Sequence[Item]) -> None:
         if not self._seeded:
             await self._seed()
-        kept, fresh = self._unseen(((i.record["workspace"], i.record["message_id"]), i.record) for i in batch)
+        if self.forgotten is not None:
+            await self.forgotten.ready(self.warehouse)
+        items: Sequence[Item] = batch
+        if (f := self.forgotten) is not None and f.any:
+            items = [i for i in batch if not f.blocks(i.record["workspace"], _event_person(i.record), _ms(i.record["received_at"]))]
+            _forgotten_dropped("events-sink", len(batch) - len(items))
+        kept, fresh = self._unseen(((i.record["workspace"], i.record["message_id"]), i.record) for i in items)
         kept, fresh, hashes = await self._absent(kept, fresh)
         # The token covers the whole batch, so a replay of it is recognised however it filters.
         token = batch_token("events", [i.message for i in batch], (i.record["message_id"] for i in batch))
@@ -199,21 +224,30 @@ class EventsSink:
             raise BadRecord("not one events schema leading with message_id, workspace: decode it")
         if not self._seeded:
             await self._seed()
+        if self.forgotten is not None:
+            await self.forgotten.ready(self.warehouse)
         ids: list[str] = []
+        f = self.forgotten if self.forgotten is not None and self.forgotten.any else None
+        dropped = 0
 
         def keyed() -> Iterator[tuple[tuple[str, str], bytes]]:
             # One pass reads each id, notes it for the token and offers it to the dedup (no
             # intermediate lists: this is the drain's hot loop).
+            nonlocal dropped
             read = codec.leading_strings
             for m, _ in batch:
                 message_id, workspace = read(m.value, 2)
                 ids.append(message_id)
+                if f is not None and workspace in f.by_ws and self._forgotten_raw(f, workspace, m.value, schema):
+                    dropped += 1
+                    continue
                 yield (workspace, message_id), m.value
 
         try:
             kept, fresh = self._unseen(keyed())
         except codec.SchemaError as exc:
             raise BadRecord(str(exc)) from None
+        _forgotten_dropped("events-sink", dropped)
         kept, fresh, hashes = await self._absent(kept, fresh)
         # What ``write`` derives for the same batch.
         token = batch_token("events", [m for m, _ in batch], ids)
@@ -222,14 +256,35 @@ class EventsSink:
         self._remember(fresh, hashes)
 
 
+    @staticmethod
+    def _forgotten_raw(f: Forgotten, workspace: str, value: bytes, schema: codec.Schema) -> bool:
+        """Whether an event of a workspace with forgotten ids is one of theirs (the rest of
+        the record is decoded only when its person is on the list)."""
+        _, _, customer_id, anonymous_id = codec.leading_strings(value, 4)
+        person = customer_id or anonymous_id
+        if f.entry(workspace, person) is None:
+            return False
+        record = codec.decode_as(schema, value, logical=False)
+        return f.blocks(workspace, (person,), _ms(record["received_at"]))
+
+
 class CustomersSink:
-    def __init__(self, warehouse: Warehouse, *, cache_size: int):
+    def __init__(self, warehouse: Warehouse, *, cache_size: int, forgotten: Forgotten | None = None):
         self.warehouse = warehouse
         self.cache_size = cache_size
         self.cache: OrderedDict[tuple[str, str], cust.CustomerState] = OrderedDict()
+        self.forgotten = forgotten
+        if forgotten is not None:
+            forgotten.on_forgotten(self.drop)
 
     def clear(self) -> None:
         self.cache.clear()
+
+    def drop(self, forgotten: dict[str, set[str]]) -> None:
+        """Forgotten customers leave the cache: a later record must not bring back their state."""
+        for ws, ids in forgotten.items():
+            for i in ids:
+                self.cache.pop((ws, i), None)
 
     async def _load(self, keys: set[tuple[str, str]]) -> dict[tuple[str, str], cust.CustomerState]:
         by_ws: dict[str, list[str]] = {}
@@ -247,6 +302,13 @@ class CustomersSink:
         return found
 
     async def write(self, batch: Sequence[Item]) -> None:
+        token = batch_token("customers", [i.message for i in batch], (r["message_id"] for _, _, r in batch))
+        if self.forgotten is not None:
+            await self.forgotten.ready(self.warehouse)
+        if (f := self.forgotten) is not None and f.any:
+            items = [i for i in batch if not f.blocks(i.record["workspace"], persons_of(i.record), _ms(i.record["received_at"]))]
+            _forgotten_dropped("customers-sink", len(batch) - len(items))
+            batch = items
         keys = {(r["workspace"], r["customer_id"]) for _, _, r in batch}
         # A merge also changes the merged customer, which may live on another partition.
         keys |= {(r["workspace"], r["merged_id"]) for _, schema, r in batch if schema == model.CUSTOMER_MERGE}
@@ -275,7 +337,6 @@ class CustomersSink:
             new = cust.apply(states.get(k), schema, r)
             if new is not None:
                 states[k] = touched[k] = new
-        token = batch_token("customers", [i.message for i in batch], (r["message_id"] for _, _, r in batch))
         if touched:
             await self.warehouse.insert("customers", [s.row() for s in touched.values()], cust.COLUMNS, token)
         if merges:
@@ -293,8 +354,16 @@ class DeadLettersSink:
     the runtime retries until ClickHouse takes the batch; a message that is not a
     DeadLetter record is stored too, raw, with that as its reason (``rescue``)."""
 
-    def __init__(self, warehouse: Warehouse):
+    def __init__(self, warehouse: Warehouse, forgotten: Forgotten | None = None):
         self.warehouse = warehouse
+        self.forgotten = forgotten
+
+    def _quotes_forgotten(self, record: dict[str, Any]) -> bool:
+        assert self.forgotten is not None
+        workspace, ids, received = quoted(record)
+        if workspace is None or not ids:
+            return False
+        return self.forgotten.blocks(workspace, ids, received if received is not None else _ms(record["failed_at"]))
 
     @staticmethod
     def rescue(message: Any, reason: str) -> Item:
@@ -310,4 +379,12 @@ class DeadLettersSink:
     async def write(self, batch: Sequence[Item]) -> None:
         rows = [[r[c] for c in DEADLETTER_COLUMNS] for _, _, r in batch]
         token = batch_token("deadletters", [i.message for i in batch], (str(r[0]) for r in rows))
+        if self.forgotten is not None:
+            await self.forgotten.ready(self.warehouse)
+        if self.forgotten is not None and self.forgotten.any:
+            keep = [not self._quotes_forgotten(i.record) for i in batch]
+            _forgotten_dropped("deadletters-sink", keep.count(False))
+            rows = [r for r, k in zip(rows, keep) if k]
+        if not rows:
+            return
         await self.warehouse.insert("deadletters", rows, DEADLETTER_COLUMNS, token)

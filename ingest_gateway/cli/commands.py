@@ -105,6 +105,9 @@ def parser() -> argparse.ArgumentParser:
     doc = sub.add_parser("doctor", help="check config, ports, broker, ClickHouse, data dir and disk; non-zero on any FAIL")
     _common(doc)
     _http(doc)
+    from .forget import add_parser as forget_parser
+
+    forget_parser(sub, _common)
     im = sub.add_parser("import", help="import historical data (Segment JSONL, Customer.io CSV/JSONL, plain events/customers)")
     _common(im)
     im.add_argument("files", nargs="+", type=Path, metavar="FILE")
@@ -385,7 +388,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "doctor":
         return _doctor(args)
     cls = {"up": StackSettings, "gateway": GatewaySettings, "worker": WorkerSettings, "sql": CommonSettings, "deadletter": CommonSettings, "train": WorkerSettings,
-        "dispatcher": CommonSettings, "webhooks": CommonSettings, "import": CommonSettings}[
+        "dispatcher": CommonSettings, "webhooks": CommonSettings, "import": CommonSettings, "forget": CommonSettings}[
         args.command
     ]
     try:
@@ -410,6 +413,10 @@ def main(argv: list[str] | None = None) -> int:
         return _deadletter(settings, args)
     if args.command == "import":
         return _import(settings, config, args)
+    if args.command == "forget":
+        from .forget import run as forget
+
+        return forget(settings, config, args)
     if args.command == "train":
         return _train(settings, config, args.goal, args.json)
     if args.command in ("up", "gateway"):

@@ -28,13 +28,14 @@ from typing import Any
 from aiohttp import web
 
 from schemas import metrics
+from schemas.regulations import Forgotten
 from schemas.stopping import bounded
 
 from .. import logsafe
 from ..app import HEALTH, MAX_LINE, SERVICES, create_app
 from ..ipc import Channel, child_start
 from ..live import RemoteTap
-from ..remote import RemoteAdmission, RemoteHealth, RemoteReader, RemoteRecommender, RemoteSink, RemoteTrainer
+from ..remote import RemoteAdmission, RemoteHealth, RemoteReader, RemoteRecommender, RemoteRegulations, RemoteSink, RemoteTrainer
 from .http import SHUTDOWN_TIMEOUT_S, tls_context
 
 log = logging.getLogger("goalstream.front")
@@ -69,10 +70,15 @@ async def serve(ipc: socket.socket, sites: list[tuple[socket.socket, bool]], ini
     channel = await Channel.over(ipc, on_push=on_push, name="the stack")
     reading = asyncio.create_task(channel.run(), name="goalstream-front-ipc")
     tap = RemoteTap(channel)  # the live page's entries go to the stack, which serves the feed
+    reader = RemoteReader(channel)
+    # Suppressed people, refused here; read from the stack (the stack checks nothing again:
+    # its sinks drop what a front a refresh behind let through).
+    forgotten = Forgotten()
+    forgotten.start(reader)
     app = create_app(
-        settings, config, warehouse=RemoteReader(channel), health=RemoteHealth(channel), local_token=init["token"],
+        settings, config, warehouse=reader, health=RemoteHealth(channel), local_token=init["token"],
         producer=RemoteSink(channel), admission=admission, trainer=RemoteTrainer(channel), recommender=RemoteRecommender(channel),
-        tap=tap,
+        tap=tap, forgotten=forgotten, regulator=RemoteRegulations(channel),
     )
     runner = web.AppRunner(app, access_log=None, max_line_size=MAX_LINE, auto_decompress=False, shutdown_timeout=SHUTDOWN_TIMEOUT_S)
     await runner.setup()
@@ -85,6 +91,7 @@ async def serve(ipc: socket.socket, sites: list[tuple[socket.socket, bool]], ini
     stopping = asyncio.create_task(stop.wait())
     await asyncio.wait([reading, stopping], return_when=asyncio.FIRST_COMPLETED)
     stopping.cancel()
+    await forgotten.stop()
     if stop.is_set():
         await runner.cleanup()  # the sites close; requests in flight finish (the stack still answers them)
         await channel.close()

@@ -146,13 +146,32 @@ class Gateway(_Alone):
             log.error("ClickHouse unavailable at start (%s); GET endpoints will answer 503", exc)
             health.set("clickhouse", "down")
             warehouse = None
+        # Regulations: suppressed people refused here; POST /admin/v1/forget carried out here.
+        from schemas.regulations import Forgotten
+        from stream_processors.forget import Regulator
+
+        forgotten = Forgotten()
+        regulator = None
+        if warehouse is not None:
+            forgotten.start(warehouse)
+            regulator = Regulator(warehouse, forgotten, settle_s=s.forget_settle_s)
+
+            async def stop_regulations() -> None:
+                await regulator.stop()
+                await forgotten.stop()
+
+            self.stops.push("the regulations", stop_regulations, 10.0)
         app = create_app(
             s, self.config, warehouse=warehouse, health=health,
             recommender=GoalRecommender(warehouse, self.config) if warehouse is not None else None,
+            forgotten=forgotten, regulator=regulator,
         )
         self.server = http.Http(app, s)
         self.stops.push("the gateway", self.server.stop, http.STOP_TIMEOUT_S)
-        return await self.server.start()
+        urls = await self.server.start()
+        if regulator is not None:
+            await regulator.resume()
+        return urls
 
     async def drain(self) -> None:
         if self.server is not None:

@@ -27,6 +27,7 @@ import socket
 import sys
 from typing import Any, Sequence
 
+from schemas.regulations import Forgotten
 from schemas import topics
 from schemas.registry import Registry
 from schemas.kafka import RecordProducer
@@ -116,7 +117,10 @@ async def run(ipc: socket.socket, init: dict[str, Any]) -> int:
         # of the scoring group that holds partition 0 of the events topic.
         return stage is not None and any(tp.topic == topics.EVENTS and tp.partition == 0 for tp in stage.source.assignment())
 
-    scorer = Scorer(settings, config, warehouse, producer, is_leader=leads)  # type: ignore[arg-type]
+    # The regulations, read through the stack like everything else: nobody forgotten is scored.
+    forgotten = Forgotten()
+    forgotten.start(warehouse)
+    scorer = Scorer(settings, config, warehouse, producer, is_leader=leads, forgotten=forgotten)  # type: ignore[arg-type]
     stage = scoring_stage(settings, scorer, stored=stored.progress, owned=stored.owned, backlog=stored.backlog)
 
     def report() -> None:
@@ -136,6 +140,7 @@ async def run(ipc: socket.socket, init: dict[str, Any]) -> int:
     if orphan:
         log.error("the stack process is gone (its connection closed); the scorer (pid %d) exits", os.getpid())
     await bounded("the scorer", scorer.stop, STOP_PART_S, logger=log)
+    await bounded("the regulations' refresh", forgotten.stop, STOP_PART_S, logger=log)
     await bounded("the scoring stage's start", asyncio.gather(starting, return_exceptions=True), STOP_PART_S, logger=log)
     await bounded("the scoring stage", stage.stop, STOP_PART_S, logger=log)
     await bounded("the scorer's producer", producer.abort if orphan else producer.stop, STOP_PART_S, logger=log)

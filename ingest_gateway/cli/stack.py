@@ -44,7 +44,9 @@ from schemas.kafka import RecordProducer, end_offsets, ensure_topics
 from schemas.settings import StackSettings
 from schemas.stopping import bounded
 from schemas.warehouse import Warehouse
+from schemas.regulations import Forgotten
 from stream_processors.app import Processors
+from stream_processors.forget import Regulator
 from stream_processors.scoring.goals import ModelStore
 from stream_processors.webhooks.dispatcher import Dispatcher
 
@@ -107,6 +109,10 @@ class Stack(Process):
         self._resent_upto = 0  # the last seq a broker recycle sent again (see _may_recycle)
         self._generation = 0  # processors started so far (one per broker, see _start_processors)
         self._seen = None  # the events sink's memory of recent ids, handed to the next processors
+        # The regulations in force (one list for the sinks, the dispatcher and the in-process
+        # gateway; the fronts and the scorer read theirs through this process) and their executor.
+        self.forgotten = Forgotten()
+        self.regulator: Regulator | None = None
 
     @property
     def bootstrap(self) -> str:
@@ -244,6 +250,14 @@ class Stack(Process):
             return await self.trainer(*args)
         if method == "tap":
             return await self.tap.feed(*args)
+        if method in ("forget", "regulations", "regulation_wait"):
+            assert self.regulator is not None
+            if method == "forget":
+                workspace, customer_id, suppress, requested_by = args
+                return await self.regulator.request(workspace, customer_id, suppress=suppress, requested_by=requested_by)
+            if method == "regulations":
+                return await self.regulator.list(*args)
+            return await self.regulator.wait(*args)
         if method == "health":
             await self.health.probe()
             if self.fronts is not None:
@@ -308,17 +322,23 @@ class Stack(Process):
         # With a goal, scoring in a process of its own: off this loop, which keeps the sinks,
         # the spool's relay and the fronts' publishes (it asks this process for ClickHouse).
         scoring = ScoringProcess(self.warehouse, restarted=self._write_run_file) if self.config.goals and settings.scoring_process else None
-        self.processors = Processors(settings, self.warehouse, self.config, models=self.models, scoring=scoring)
+        self.processors = Processors(settings, self.warehouse, self.config, models=self.models, scoring=scoring,
+                                     forgotten=self.forgotten)
         if self._seen is not None:
             self.processors.events.seen = self._seen
         self.health.set("processors", "starting")
         await self.processors.start()
         self.health.set("processors", "running")
         t1 = loop.time()
-        self.dispatcher = Dispatcher(self.settings, self.config, self.warehouse)
+        self.dispatcher = Dispatcher(self.settings, self.config, self.warehouse, forgotten=self.forgotten)
         await self.dispatcher.start()
         self.health.set("dispatcher", "running")
         log.info("processors started in %.1fs, dispatcher in %.1fs", t1 - t0, loop.time() - t1)
+
+    async def _stop_regulations(self) -> None:
+        if self.regulator is not None:
+            await self.regulator.stop()  # a regulation cut short stays "running": resumed at the next start
+        await self.forgotten.stop()
 
     async def _stop_processors(self) -> None:
         """The stack's own stop of the processors and dispatcher (its outcome counts)."""
@@ -366,6 +386,11 @@ class Stack(Process):
         # is ours (a second `up` on this data dir must not empty the running one's files): the
         # fronts and the scoring process write there too, a scrape merges them all (schemas/metrics.py).
         metrics.use_directory(metrics.directory_of(s.data_dir))
+        # What was forgotten is known before anything is stored, and kept fresh while we run.
+        await self.forgotten.refresh(self.warehouse)
+        self.forgotten.start(self.warehouse)
+        self.regulator = Regulator(self.warehouse, self.forgotten, settle_s=s.forget_settle_s)
+        self.stops.push("the regulations", self._stop_regulations, 10.0)
         # One model store for the scorer and the API, so both serve a new model at once.
         self.models = ModelStore(self.warehouse, ttl_s=s.model_refresh_s)
         self.stops.push("the processors", self._stop_processors, DISPATCHER_STOP_S + PROCESSORS_STOP_S + 5)
@@ -382,11 +407,12 @@ class Stack(Process):
             app = create_app(
                 s, self.config, warehouse=self.warehouse, health=self.health, local_token=self.token,
                 producer=self.sink, admission=self.admission, trainer=self.trainer, recommender=self.recommender,
-                tap=self.tap,
+                tap=self.tap, forgotten=self.forgotten, regulator=self.regulator,
             )
             self.server = http.Http(app, s)
             self.stops.push("the gateway", self.server.stop, http.STOP_TIMEOUT_S)
             urls = await self.server.start()  # starts the sink: the spool re-sends what it holds
+        await self.regulator.resume()  # what a stop cut short is carried out now
         if isinstance(self.sink, SpooledSink):
             self.ledger = Ledger(self.sink, lambda: self.processors, lambda: self.dispatcher)
         self.url = urls[0]

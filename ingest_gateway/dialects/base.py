@@ -28,12 +28,18 @@ from schemas.config import Credentials, Goal, GoalstreamConfig
 from schemas.kafka import KafkaUnavailable, RecordTooLarge
 from schemas import metrics, model
 from schemas.model import Record
+from schemas.regulations import Forgotten, record_persons
 from schemas.warehouse import WarehouseError
 
 from .. import errors, live
-from ..ports import Admission, Reader, Recommendation, Recommender, RecordSink
+from ..ports import Admission, Reader, Recommendation, Recommender, RecordSink, Regulations
 
 log = logging.getLogger("goalstream.gateway")
+
+
+def _is_suppressed(f: Forgotten, record: Record) -> bool:
+    ws = record.value.get("workspace")
+    return isinstance(ws, str) and ws in f.by_ws and any(f.suppressed(ws, p) for p in record_persons(record.schema, record.value))
 
 
 @dataclass
@@ -53,12 +59,52 @@ class Services:
     inflight: int = 0
     # Things refused and deliberately not stored (e.g. "pixel_unauthenticated"), for metrics.
     counters: Counter = field(default_factory=Counter)
+    # The regulations in force (suppressed people's records are refused or discarded here),
+    # and where a vendor's own deletion call asks for a person to be forgotten.
+    forgotten: Forgotten | None = None
+    regulator: Regulations | None = None
+
+    def _unsuppressed(self, records: Sequence[Record]) -> Sequence[Record]:
+        """``records`` without those about a suppressed person: refused (the whole request,
+        as for any bad message of a batch) or dropped, per the workspace's
+        ``suppressed_records``; counted either way."""
+        assert self.forgotten is not None
+        f = self.forgotten
+        hit = [r for r in records if isinstance(r.value, dict) and _is_suppressed(f, r)]
+        if not hit:
+            return records
+        metrics.FORGOTTEN_RECORDS.labels("gateway").inc(len(hit))
+        ws = self.config.workspace(hit[0].value["workspace"])
+        if ws is None or ws.suppressed_records == "refuse":
+            raise errors.Suppressed(
+                "this person is suppressed by a data-subject regulation: nothing about them is stored "
+                f"({len(hit)} of {len(records)} records of this request)"
+            )
+        return [r for r in records if not any(r is h for h in hit)]
+
+    async def forget(self, workspace: str, customer_id: str, requested_by: str) -> None:
+        """A vendor's deletion call that, as the vendor documents it, erases the person's
+        history too: a regulation (``goalstream forget``) after the delete record is published."""
+        if self.regulator is None:
+            # A gateway with no ClickHouse (contract tests, a write-only front door): only the
+            # profile's delete record goes out; ``goalstream forget`` erases the history.
+            log.warning("a deletion in %s asked to erase a person's history; this gateway has no regulator, "
+                        "so only the profile is deleted", workspace)
+            return
+        try:
+            await self.regulator.request(workspace, customer_id, suppress=False, requested_by=requested_by)
+        except WarehouseError as exc:
+            raise errors.Unavailable("the erasure could not be recorded right now; retry shortly", retry_after=5) from exc
 
     async def publish(self, records: Sequence[Record]) -> None:
         if self.draining:
             raise errors.Unavailable("the gateway is draining; retry shortly", retry_after=5)
         if self.admission is not None and (refusal := self.admission()) is not None:
             raise refusal
+        if self.forgotten is not None and self.forgotten.any:
+            records = self._unsuppressed(records)
+            if not records:
+                return
         self.inflight += 1
         live.note_records(records)  # the live page's tap (a no-op unless someone watches)
         dialect = metrics.DIALECT.get()

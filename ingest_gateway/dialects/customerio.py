@@ -427,6 +427,11 @@ class CustomerIO(Dialect):
 
     async def _done(self, records: list[model.Record]) -> web.Response:
         await self.services.publish(records)
+        # Customer.io documents a deletion as removing the person "and all their information":
+        # here too, the profile's delete record and then a regulation that erases their history.
+        for r in records:
+            if r.schema == model.CUSTOMER_DELETE:
+                await self.services.forget(r.value["workspace"], r.value["customer_id"], "customerio: delete person")
         return json_response({})
 
     # -- v1 ----------------------------------------------------------------------------

@@ -91,6 +91,7 @@ CODES: dict[type[errors.GatewayError], str] = {
     errors.UnsupportedEncoding: "unsupported_encoding",
     errors.Unauthenticated: "invalid_write_key",
     errors.Forbidden: "forbidden",
+    errors.Suppressed: "suppressed",
     errors.NotFound: "not_found",
     errors.MethodNotAllowed: "method_not_allowed",
     errors.NotAcceptable: "not_acceptable",

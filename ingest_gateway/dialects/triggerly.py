@@ -219,8 +219,10 @@ class Triggerly(Dialect):
         their error and can fix and resend, so they are not kept."""
         try:
             return await handle()
-        except (errors.Unavailable, errors.TooManyRequests):
-            raise  # retriable (and a rate-limited flood must not fill the dead letters)
+        except (errors.Unavailable, errors.TooManyRequests, errors.Suppressed):
+            # Retriable (and a rate-limited flood must not fill the dead letters); or about a
+            # suppressed person, whom nothing may keep.
+            raise
         except Exception as exc:
             if wants_pixel(request):
                 token = request.query.get("api_token", "").strip()

@@ -32,6 +32,7 @@ from schemas import metrics, model, topics
 from schemas.config import Goal, GoalstreamConfig
 from schemas.kafka import RecordProducer
 from schemas.model import Record
+from schemas.regulations import Forgotten
 from schemas.settings import WorkerSettings
 from schemas.warehouse import Warehouse
 
@@ -102,8 +103,12 @@ class Scorer:
         producer: RecordProducer,
         is_leader: Callable[[], bool] = lambda: True,
         models: g.ModelStore | None = None,
+        forgotten: Forgotten | None = None,
     ):
         self.settings = settings
+        # Nobody forgotten is scored while their regulation runs (or ever, if suppressed),
+        # and what is remembered of them goes when they are forgotten.
+        self.forgotten = forgotten
         self.config = config
         self.warehouse = warehouse
         self.producer = producer
@@ -118,6 +123,8 @@ class Scorer:
         self.published = 0
         # Identities and customer rows, kept between rounds until a customer record touches them.
         self.known = g.Known(settings.customer_cache_size)
+        if forgotten is not None:
+            forgotten.on_forgotten(self._forgotten)
         # The goal_status and goal_aggregates rows as last stored: a row is written again only
         # when it changes (a customer's event moves one name's counts, not the other names'
         # or the status), so a round inserts a fraction of the rows. Forgotten after a
@@ -191,6 +198,12 @@ class Scorer:
         for workspace, ids in touched.items():
             self.known.forget(workspace, ids)
 
+    def _forgotten(self, forgotten: dict[str, set[str]]) -> None:
+        self.forget(forgotten)
+        for key in [k for k in self.last if k[2] in forgotten.get(k[0], ())]:
+            del self.last[key]
+        self.written.clear()  # only saves rewriting unchanged rows: read afresh for everyone
+
     async def score(self, touched: dict[str, set[str]], trigger: str, token: str, chunk: int = CHUNK) -> int:
         """Score every goal of each touched customer; returns how many scores were made.
 
@@ -201,6 +214,15 @@ class Scorer:
             if not self.config.goals_of(workspace):
                 continue
             ordered = sorted(i for i in ids if i)
+            if (f := self.forgotten) is not None:
+                await f.ready(self.warehouse)
+                if f.any:
+                    kept = [i for i in ordered if not f.holds(workspace, (i,))]
+                    if len(kept) < len(ordered):
+                        metrics.FORGOTTEN_RECORDS.labels("scorer").inc(len(ordered) - len(kept))
+                    ordered = kept
+            if not ordered:
+                continue
             async with self._lock:
                 rows = _Rows()
                 for start in range(0, len(ordered), chunk):

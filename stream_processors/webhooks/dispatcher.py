@@ -43,6 +43,7 @@ from schemas import codec, metrics, model, registry, topics
 from schemas.config import GoalstreamConfig, Webhook
 from schemas.kafka import RecordProducer
 from schemas.model import Record, from_ms, now_ms, to_ms
+from schemas.regulations import Forgotten
 from schemas.settings import CommonSettings
 from schemas.warehouse import Warehouse
 
@@ -194,8 +195,13 @@ class _Rebalance(ConsumerRebalanceListener):
 
 
 class Dispatcher:
-    def __init__(self, settings: CommonSettings, config: GoalstreamConfig, warehouse: Warehouse, *, max_in_flight: int = 64):
+    def __init__(self, settings: CommonSettings, config: GoalstreamConfig, warehouse: Warehouse, *, max_in_flight: int = 64,
+                 forgotten: Forgotten | None = None):
         self.settings = settings
+        # Nothing about a forgotten person is sent that was made before the request (or at
+        # all while it runs, or ever once suppressed): ``_forgotten``. Default: our own list.
+        self._own_forgotten = forgotten is None
+        self.forgotten = forgotten if forgotten is not None else Forgotten()
         self.config = config
         self.warehouse = warehouse
         self._shared: Warehouse | None = None  # the warehouse given, while ``warehouse`` is our lane
@@ -226,6 +232,8 @@ class Dispatcher:
     async def start(self) -> None:
         # A lane of its own: its delivery and attempt inserts never queue the sinks' inserts.
         self._shared, self.warehouse = self.warehouse, await self.warehouse.lane()
+        if self._own_forgotten:
+            self.forgotten.start(self.warehouse)
         rows = await self.warehouse.rows("SELECT endpoint_id, disabled FROM webhook_endpoints FINAL", {})
         self._disabled = {r["endpoint_id"] for r in rows if int(r["disabled"])}
         await self.producer.start()
@@ -256,6 +264,8 @@ class Dispatcher:
             except (asyncio.CancelledError, Exception):
                 pass
         self._runner = []
+        if self._own_forgotten:
+            await self.forgotten.stop()
         if self._tasks:
             # Attempts in flight finish (and record their outcome) within the receiver timeout.
             await asyncio.wait(self._tasks, timeout=timeout)
@@ -350,6 +360,7 @@ class Dispatcher:
         return False
 
     async def _accept(self, messages: list[Any]) -> None:
+        await self.forgotten.ready(self.warehouse)
         new: list[Delivery] = []
         letters: list[Record] = []
         for m in messages:
@@ -360,6 +371,8 @@ class Dispatcher:
                 schema, record = await registry.decode(m.value or b"", headers, self.registry)
             except codec.SchemaError as exc:
                 letters.append(self._letter(m.topic, m.partition, m.offset, m.key, m.value, headers, str(exc)))
+                continue
+            if self._forgotten(record["workspace"], record.get("customer_id", ""), m.timestamp):
                 continue
             only = headers.get(ENDPOINT_HEADER, b"").decode() or None
             replay = headers.get(REPLAY_HEADER, b"").decode()
@@ -477,7 +490,18 @@ class Dispatcher:
             self._in_flight.discard(d.queue)
             self._schedule(d)
 
+    def _forgotten(self, workspace: str, customer_id: str, made_ms: int | None) -> bool:
+        if not self.forgotten.any or not self.forgotten.holds(workspace, (customer_id,), made_ms):
+            return False
+        metrics.FORGOTTEN_RECORDS.labels("dispatcher").inc()
+        return True
+
     async def _attempt_once(self, d: Delivery) -> None:
+        await self.forgotten.ready(self.warehouse)
+        if self._forgotten(d.workspace, d.customer_id, d.created_at_ms):
+            # Not sent, not saved: the regulation's sweep removes the delivery and its attempts.
+            self._done(d)
+            return
         hook = self.by_endpoint.get(d.endpoint_id)
         started = now_ms()
         status: int | None = None
