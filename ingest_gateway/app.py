@@ -297,6 +297,10 @@ async def admin_forget(request: web.Request) -> web.Response:
         raise errors.InvalidRequest("the body is not JSON") from None
     if not isinstance(body, dict):
         raise errors.InvalidRequest("the body must be a JSON object")
+    unknown = sorted(set(body) - {"customer_id", "workspace", "suppress", "wait", "requested_by"})
+    if unknown:
+        raise errors.InvalidRequest(f"unknown field {unknown[0]!r}: give customer_id, workspace, suppress, wait, requested_by",
+                                    param=unknown[0])
     customer_id = body.get("customer_id")
     if isinstance(customer_id, int) and not isinstance(customer_id, bool):
         customer_id = str(customer_id)

@@ -171,6 +171,15 @@ OPERATIONS |= {
                                    _ADMIN, ok="{data: [...], object: goals}", params=[_q("goal", "one goal")]),
     ("POST", "/admin/v1/records"): op("admin", "Publish canonical records decoded by goalstream import (operator only; JSONL of {schema, topic, key (base64), value})",
                                       _ADMIN, body=_STR, content="application/x-ndjson", ok="{accepted, object: records}"),
+    ("POST", "/admin/v1/forget"): op(
+        "admin", "Forget a person everywhere (and with suppress: refuse them from now on); 202 with the regulation, 200 once done with wait",
+        _ADMIN, ok="the regulation (id, state, ids, removed per table)",
+        body={"type": "object", "required": ["customer_id"], "additionalProperties": False, "properties": {
+            "customer_id": {"type": ["string", "integer"]}, "workspace": _STR, "suppress": {"type": "boolean"},
+            "wait": {"type": "boolean"}, "requested_by": _STR}}),
+    ("GET", "/admin/v1/forget"): op("admin", "The regulations of the caller's workspace (the operator sees all), newest first",
+                                    _ADMIN, ok="{object: list, data: [regulation]}"),
+    ("GET", "/admin/v1/forget/{id}"): op("admin", "One regulation and its state", _ADMIN, ok="the regulation", params=[_p("id")]),
     ("GET", "/metrics"): op("admin", "Prometheus metrics of the whole gateway (the operator's token unless GOALSTREAM_METRICS_AUTH=false)",
                             _ADMIN, content="text/plain", ok="Prometheus text exposition"),
 }
