@@ -125,7 +125,7 @@ class Services:
         finally:
             self.inflight -= 1
 
-    async def reject(self, request: web.Request, path_qs: str, reason: str, dialect: str) -> None:
+    async def reject(self, request: web.Request, path_qs: str, reason: str, dialect: str, *, workspace: str | None = None) -> None:
         """Keep a refused, authenticated request whose sender cannot see the error (a
         tracking pixel) in ``goalstream.deadletter`` with the reason, for diagnosis.
 
@@ -142,7 +142,10 @@ class Services:
         }
         if len(raw) > MAX_DEAD_LETTER_BYTES:
             headers["truncated"] = str(len(raw)).encode()
-        letter = model.dead_letter(reason=reason[:1000], stage=f"gateway:{dialect}", key=None, value=raw[:MAX_DEAD_LETTER_BYTES], headers=headers)
+        # Keyed by the sender's workspace (``workspace:``), so a regulation finds what it quotes
+        # in that workspace only.
+        key = model.partition_key(workspace, "") if workspace else None
+        letter = model.dead_letter(reason=reason[:1000], stage=f"gateway:{dialect}", key=key, value=raw[:MAX_DEAD_LETTER_BYTES], headers=headers)
         try:
             await self.producer.publish([letter])
         except (KafkaUnavailable, RecordTooLarge, errors.GatewayError):

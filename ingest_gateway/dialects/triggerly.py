@@ -226,11 +226,12 @@ class Triggerly(Dialect):
         except Exception as exc:
             if wants_pixel(request):
                 token = request.query.get("api_token", "").strip()
-                if not token or self.services.credentials.match("triggerly_api_token", token) is None:
+                workspace = self.services.credentials.match("triggerly_api_token", token) if token else None
+                if workspace is None:
                     self.services.counters["pixel_unauthenticated"] += 1
                 else:
                     reason = f"{exc.status} {exc.message}" if isinstance(exc, errors.GatewayError) else "500 internal error"
-                    await self.services.reject(request, redact_query(request.raw_path), reason, self.name)
+                    await self.services.reject(request, redact_query(request.raw_path), reason, self.name, workspace=workspace)
             raise
 
     def render_error(self, error: errors.GatewayError, request: web.Request) -> web.Response:
