@@ -492,6 +492,8 @@ def create_app(
     app.router.add_get("/admin/v1/forget/{id}", admin_regulations)
     # The live events and goals pages (``tap``: where entries go; default: this process's own ring).
     app[TAP] = live.add_routes(app, services, dialects, _admin_scope, tap, secrets=[local_token] if local_token else [])
+    if forgotten is not None and tap is None and hasattr(app[TAP], "forget"):
+        forgotten.on_forgotten(app[TAP].forget)  # this process's own ring forgets them too
     openapi.add_routes(app)  # GET /openapi.json and /docs
     for route in app.router.routes():
         routes.setdefault(route.resource, ("admin" if route.resource.canonical.startswith("/admin") else "gateway", route.resource.canonical))

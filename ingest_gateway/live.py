@@ -50,6 +50,7 @@ class Capture:
     raw: bytes | None = None
     records: list[Any] = field(default_factory=list)
     workspace: str | None = None
+    withheld: bool = False  # about a suppressed person: shown without payload or records
 
 
 CAPTURE: contextvars.ContextVar[Capture | None] = contextvars.ContextVar("goalstream_live_capture", default=None)
@@ -63,6 +64,14 @@ def note_body(raw: bytes) -> None:
 def note_records(records: Sequence[Any]) -> None:
     if (cap := CAPTURE.get()) is not None:
         cap.records.extend(records[: MAX_RECORDS - len(cap.records)])
+
+
+def withhold() -> None:
+    """This request is about a suppressed person: its entry keeps nothing of what was sent."""
+    if (cap := CAPTURE.get()) is not None:
+        cap.withheld = True
+        cap.records.clear()
+        cap.raw = b""
 
 
 def note_workspace(workspace: str | None) -> None:
@@ -90,6 +99,16 @@ class Tap:
         if ring is None:
             ring = self.rings[entry["workspace"]] = deque(maxlen=self.per_workspace)
         ring.append(entry)
+
+    def forget(self, forgotten: dict[str, set[str]]) -> None:
+        """Entries that quote a forgotten id leave the rings (``Forgotten.on_forgotten``)."""
+        for ws, ids in forgotten.items():
+            ring = self.rings.get(ws)
+            if not ring:
+                continue
+            needles = [i if len(i) >= 4 else f'"{i}"' for i in ids]
+            kept = [e for e in ring if not any(n in orjson.dumps(e).decode(errors="replace") for n in needles)]
+            self.rings[ws] = deque(kept, maxlen=self.per_workspace)
 
     async def feed(self, workspace: str | None, after: int, limit: int = PER_WORKSPACE) -> dict[str, Any]:
         """Entries after ``seq`` ``after``, newest first: of ``workspace``, or every one (None)."""
@@ -209,6 +228,15 @@ def tap_middleware(tap: TapPort, dialects: list[Any], redactor: logsafe.Redactor
 
 def _publish(tap: TapPort, redactor: logsafe.Redactor, request: web.Request, dialect: str, cap: Capture, response: Any) -> None:
     status = getattr(response, "status", 500)
+    if cap.withheld:
+        path = request.path  # a query string may carry the person (trigger.ly's data)
+        entry = {"at": time.time(), "workspace": cap.workspace or OPERATOR_RING, "dialect": dialect, "method": request.method,
+                 "path": path, "status": status, "raw": "(withheld: about a suppressed person)", "raw_bytes": 0, "records": [],
+                 "accepted": status < 400, "names": [], "customers": []}
+        if status >= 400:
+            entry["error"] = {"status": status, "message": "suppressed by a data-subject regulation", "body": ""}
+        tap.add(entry)
+        return
     path, _ = _text(request.path_qs, redactor)
     # A body-less request (trigger.ly's pixel, a GET) sent its payload in the query string.
     raw, size = _text(cap.raw if cap.raw is not None else (request.path_qs if request.query_string else b""), redactor)

@@ -112,6 +112,7 @@ class Stack(Process):
         # The regulations in force (one list for the sinks, the dispatcher and the in-process
         # gateway; the fronts and the scorer read theirs through this process) and their executor.
         self.forgotten = Forgotten()
+        self.forgotten.on_forgotten(self.tap.forget)  # the live page forgets them too
         self.regulator: Regulator | None = None
 
     @property

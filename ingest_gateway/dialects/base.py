@@ -74,6 +74,7 @@ class Services:
         if not hit:
             return records
         metrics.FORGOTTEN_RECORDS.labels("gateway").inc(len(hit))
+        live.withhold()  # the live page shows that it happened, not what was sent
         ws = self.config.workspace(hit[0].value["workspace"])
         if ws is None or ws.suppressed_records == "refuse":
             raise errors.Suppressed(

@@ -127,3 +127,13 @@ async def test_a_suppressed_person_is_refused_in_the_dialect_or_discarded_as_con
         assert r.status == 200  # discarded, as globex chose
     stored = [m for msgs in producer.log.values() for m in msgs]
     assert len(stored) == 1
+
+
+def test_the_live_tap_forgets_entries_that_quote_a_forgotten_id():
+    from ingest_gateway.live import Tap
+
+    tap = Tap()
+    for who in ("victim-1", "other-1"):
+        tap.add({"workspace": "acme", "raw": f'{{"userId": "{who}"}}', "records": [], "customers": [who]})
+    tap.forget({"acme": {"victim-1"}})
+    assert [e["customers"] for e in tap.rings["acme"]] == [["other-1"]]
