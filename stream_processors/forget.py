@@ -46,6 +46,10 @@ REGULATION_COLUMNS = (
     "completed_at", "error", "version",
 )
 WS_IDS = "workspace = {ws:String} AND customer_id IN {ids:Array(String)}"
+# Up to the request: what a person sends after a plain forget is theirs anew (suppressed, it
+# is never stored at all). Derived rows (scores, goal state, deliveries) are all swept: nothing
+# is scored or sent for the person while the regulation runs.
+UPTO = "{at:DateTime64(3, 'UTC')}"
 # (table, what of it is the person's): in the order they are swept. Webhook attempts and dead
 # letters are found through what they belong to (``_sweep``); the rollups are rebuilt.
 TABLES = (
@@ -55,11 +59,12 @@ TABLES = (
     ("webhook_attempts", "workspace = {ws:String} AND delivery_id IN {deliveries:Array(String)}"),
     ("webhook_deliveries", WS_IDS),
     ("deadletters", "id IN {letters:Array(String)}"),
-    ("customer_merges", "workspace = {ws:String} AND (customer_id IN {ids:Array(String)} OR merged_id IN {ids:Array(String)})"),
-    ("customers", WS_IDS),
+    ("customer_merges", "workspace = {ws:String} AND (customer_id IN {ids:Array(String)} OR merged_id IN {ids:Array(String)}) "
+                        f"AND merged_at <= {UPTO}"),
+    ("customers", f"{WS_IDS} AND updated_at <= {UPTO}"),
     # person_id: the customer id, else the anonymous id. An event another customer sent from a
     # device the person also used is that customer's, and stays.
-    ("events", "workspace = {ws:String} AND person_id IN {ids:Array(String)}"),
+    ("events", f"workspace = {{ws:String}} AND person_id IN {{ids:Array(String)}} AND received_at <= {UPTO}"),
 )
 SWEPT = tuple(t for t, _ in TABLES) + ("events_daily_state", "goal_cohorts_daily_state")
 
@@ -74,12 +79,11 @@ _DELIVERIES_SQL = "SELECT DISTINCT delivery_id FROM webhook_deliveries WHERE " +
 # and JSON keep strings as they are), and every request the gateway refused (its payload may be
 # base64); each is then read (``regulations.quoted``) before it is removed.
 _LETTERS_SQL = (
-    "SELECT id, stage, key, value, headers FROM deadletters WHERE stage LIKE 'gateway:%' "
-    "OR multiSearchAny(ifNull(key, ''), {ids:Array(String)}) OR multiSearchAny(ifNull(value, ''), {ids:Array(String)})"
+    "SELECT id, stage, key, value, headers FROM deadletters WHERE failed_at <= {at:DateTime64(3, 'UTC')} AND (stage LIKE 'gateway:%' "
+    "OR multiSearchAny(ifNull(key, ''), {ids:Array(String)}) OR multiSearchAny(ifNull(value, ''), {ids:Array(String)}))"
 )
-_EVENT_DAYS_SQL = (
-    "SELECT DISTINCT name, toDate(timestamp) AS day FROM events WHERE workspace = {ws:String} AND person_id IN {ids:Array(String)}"
-)
+_MINE = "person_id IN {ids:Array(String)} AND received_at <= {at:DateTime64(3, 'UTC')}"
+_EVENT_DAYS_SQL = "SELECT DISTINCT name, toDate(timestamp) AS day FROM events WHERE workspace = {ws:String} AND " + _MINE
 _COHORT_DAYS_SQL = "SELECT DISTINCT goal, toDate(entered_at) AS day FROM goal_status WHERE " + WS_IDS
 
 
@@ -222,24 +226,27 @@ class Regulator:
         await self._save(row)
         # Every part has the ids within a refresh; what a sink had already checked is caught
         # by the second sweep.
-        removed = await self.sweep(ws, sorted(ids))
+        removed = await self.sweep(ws, sorted(ids), row["requested_ms"])
         await asyncio.sleep(self.settle_s)
-        again = await self.sweep(ws, sorted(ids))
+        again = await self.sweep(ws, sorted(ids), row["requested_ms"])
         row["removed"] = {t: removed.get(t, 0) + again.get(t, 0) for t in SWEPT}
 
-    async def sweep(self, ws: str, ids: list[str]) -> dict[str, int]:
-        """Remove every row of ``ids`` in workspace ``ws`` from every table; rows per table.
-        Each statement can run again: a sweep cut short is simply done again."""
+    async def sweep(self, ws: str, ids: list[str], upto_ms: int) -> dict[str, int]:
+        """Remove every row of ``ids`` in workspace ``ws`` received up to ``upto_ms`` from every
+        table; rows per table. Each statement can run again: a sweep cut short is done again."""
+        from datetime import datetime, timezone
+
         w = self.warehouse
         removed: dict[str, int] = {}
-        params: dict[str, Any] = {"ws": ws, "ids": ids}
+        at = datetime.fromtimestamp(upto_ms / 1000, tz=timezone.utc)
+        params: dict[str, Any] = {"ws": ws, "ids": ids, "at": at}
         # The rollups first, rebuilt without the person while their rows still say which days
         # hold them (after the events were gone, nothing would).
         removed["events_daily_state"] = await self._rebuild(
             _EVENT_DAYS_SQL, params, "events_daily_state", "name",
             "SELECT workspace, name, toDate(timestamp) AS day, count() AS events, uniqState(person_id) AS people FROM events "
             "WHERE workspace = {ws:String} AND (name, toDate(timestamp)) IN {keys:Array(Tuple(String, Date))} "
-            "AND person_id NOT IN {ids:Array(String)} GROUP BY workspace, name, day",
+            "AND NOT (" + _MINE + ") GROUP BY workspace, name, day",
         )
         removed["goal_cohorts_daily_state"] = await self._rebuild(
             _COHORT_DAYS_SQL, params, "goal_cohorts_daily_state", "goal",
@@ -249,7 +256,7 @@ class Regulator:
             "AND customer_id NOT IN {ids:Array(String)} GROUP BY workspace, goal, cohort_day",
         )
         params["deliveries"] = [r["delivery_id"] for r in await w.rows(_DELIVERIES_SQL, params)]
-        params["letters"] = await self._letters(ws, ids)
+        params["letters"] = await self._letters(ws, ids, at)
         for table, where in TABLES:
             if (table == "webhook_attempts" and not params["deliveries"]) or (table == "deadletters" and not params["letters"]):
                 removed[table] = 0
@@ -276,14 +283,14 @@ class Regulator:
         await self.warehouse.command(f"INSERT INTO {state} {select}", p)
         return n
 
-    async def _letters(self, ws: str, ids: list[str]) -> list[str]:
+    async def _letters(self, ws: str, ids: list[str], at: Any) -> list[str]:
         from schemas.regulations import quoted
 
         found: list[str] = []
         wanted = set(ids)
         for start in range(0, len(ids), 200):  # multiSearchAny takes at most 255 needles
             chunk = ids[start : start + 200]
-            for r in await self.warehouse.rows(_LETTERS_SQL, {"ids": chunk}):
+            for r in await self.warehouse.rows(_LETTERS_SQL, {"ids": chunk, "at": at}):
                 workspace, quoted_ids, _ = quoted(r)
                 if workspace in (ws, None) and quoted_ids & wanted:
                     found.append(r["id"])

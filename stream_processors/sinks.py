@@ -303,9 +303,10 @@ class CustomersSink:
 
     async def write(self, batch: Sequence[Item]) -> None:
         token = batch_token("customers", [i.message for i in batch], (r["message_id"] for _, _, r in batch))
-        if self.forgotten is not None:
-            await self.forgotten.ready(self.warehouse)
-        if (f := self.forgotten) is not None and f.any:
+        f = self.forgotten
+        if f is not None:
+            await f.ready(self.warehouse)
+        if f is not None and f.any:
             items = [i for i in batch if not f.blocks(i.record["workspace"], persons_of(i.record), _ms(i.record["received_at"]))]
             _forgotten_dropped("customers-sink", len(batch) - len(items))
             batch = items
@@ -313,7 +314,12 @@ class CustomersSink:
         # A merge also changes the merged customer, which may live on another partition.
         keys |= {(r["workspace"], r["merged_id"]) for _, schema, r in batch if schema == model.CUSTOMER_MERGE}
         states: dict[tuple[str, str], cust.CustomerState | None] = {k: self.cache.get(k) for k in keys}
-        missing = {k for k, v in states.items() if v is None}
+        # A person being forgotten who sends again starts from nothing: what ClickHouse still
+        # holds of them is about to be swept, and must not be folded into the new state.
+        anew = {k for k in keys if f is not None and (e := f.entry(*k)) is not None and not e.done} if f is not None and f.any else set()
+        for k in anew:
+            states[k] = None
+        missing = {k for k, v in states.items() if v is None and k not in anew}
         if missing:
             states.update(await self._load(missing))
         touched: dict[tuple[str, str], cust.CustomerState] = {}

@@ -175,3 +175,18 @@ async def test_the_regulator_empties_every_table_of_the_person_and_nothing_else(
     assert (await w.rows(daily, {"ws": ws}))[0]["n"] == total[0]["n"]  # the rollup rebuilt without them
     listed = await reg.list(ws)
     assert [r["id"] for r in listed] == [made["id"]] and listed[0]["requested_by"] == "test"
+
+
+async def test_a_plain_forget_sweeps_what_came_before_the_request_only(warehouse):
+    ws = f"fg-{uuid.uuid4().hex[:8]}"
+    ev = ("INSERT INTO events (message_id, workspace, customer_id, anonymous_id, name, timestamp, received_at, properties, source) "
+          "VALUES (generateUUIDv4(), {ws:String}, 'p', '', {n:String}, now64(3), now64(3) + toIntervalSecond({d:Int32}), '{}', 't')")
+    await warehouse.command(ev, {"ws": ws, "n": "before", "d": -60})
+    await warehouse.command(ev, {"ws": ws, "n": "after", "d": 3600})  # sent again after the request: theirs anew
+    reg = Regulator(warehouse, Forgotten(), settle_s=0.0)
+    done = await reg.wait((await reg.request(ws, "p", suppress=False, requested_by="test"))["id"], 60)
+    assert done["state"] == "completed" and done["removed"]["events"] == 1
+    assert await names(warehouse, ws) == [("p", "after")]
+    daily = await warehouse.rows("SELECT name, sum(events) AS n FROM events_daily WHERE workspace = {ws:String} GROUP BY name",
+                                 {"ws": ws})
+    assert [(r["name"], r["n"]) for r in daily] == [("after", 1)]
