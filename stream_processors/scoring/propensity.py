@@ -13,13 +13,35 @@ since entry, attributes) and the label is whether they reach the target later. D
 over the whole window for everyone matters: drawing it in [entered, reached_at) would
 crowd converters' snapshots into the early days and inflate the predicted rate there.
 
-The model is an L2 logistic regression (scikit-learn) on standardized features: counts of
-each configured action and of the most frequent other events (clipped at a high quantile
-so heavy users do not extrapolate a linear effect), a piecewise-linear spline of days
-since entry, and one-hot plan. Platt scaling is fitted on out-of-fold decision values
-(``CALIBRATION_FOLDS`` refits) of the training customers, and the AUC is measured on a
-holdout of customers never fitted on. Scoring uses only the stored numbers (pure Python),
-folded into one weight per raw column.
+Two model kinds are fitted on the same snapshots, and the one with the lower holdout
+log-loss serves (``train``; gbt only if it is lower by more than ``CHOICE_SE`` standard
+errors, paired over holdout customers, so a population the logistic model describes keeps
+the simpler model):
+
+- ``logistic``: an L2 logistic regression (scikit-learn) on standardized features: counts
+  of each configured action and of the most frequent other events (clipped at a high
+  quantile so heavy users do not extrapolate a linear effect), a piecewise-linear spline of
+  days since entry, and one-hot plan. Scoring is one dot product (weights folded per raw
+  column).
+- ``gbt``: gradient-boosted trees (scikit-learn's HistGradientBoostingClassifier) on the
+  raw counts, days since entry and one-hot plan: saturating effects, negative actions and
+  interactions with the plan come for free. The number of trees is chosen on the
+  out-of-fold log-loss. The trees are stored as plain JSON arrays per node (feature,
+  threshold, left, right, value) and scored by walking them in pure Python. Drivers are
+  path contributions (Saabas): the change of the node value at each split of the decision
+  path, credited to the split's feature, so a feature that lowers the likelihood (support
+  tickets) is reported with a negative contribution.
+
+Both are calibrated by Platt scaling on out-of-fold decision values (``CALIBRATION_FOLDS``
+refits) of the training customers, and measured on a holdout of customers never fitted on;
+the serving model's holdout report (AUC, log-loss, a 10-bin calibration curve, lift at the
+top decile, training size and date, kind, and both candidates' log-loss) is kept in
+``quality``. Scoring uses only the stored numbers (pure Python, no numpy or scikit-learn).
+
+Per-call cost measured with ``tests/bench/model_quality.py`` (5,000 training customers,
+1,000 scored, a shared 2-core machine), in microseconds: logistic likelihood 7-12,
+drivers 13-22, action_gains of 2-3 actions 23-32; gbt (40-60 trees of at most 15 leaves)
+likelihood 16-20, drivers 28-37, action_gains 47-82. The stored gbt JSON is 40-60 KiB.
 
 Without enough labelled customers of both outcomes, the model is ``base_rate``: every
 customer scores the goal's base rate, with no drivers and no action gains.
