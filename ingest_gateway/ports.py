@@ -62,7 +62,7 @@ class Recommendation:
 
     likelihood: float
     actions: list[dict[str, Any]]  # the goal's actions, most important first
-    model_kind: str  # "logistic", "base_rate", "outcome" (the goal is already reached or lost)
+    model_kind: str  # "logistic", "gbt", "base_rate", "outcome" (the goal is already reached or lost)
     model_version: str
     at_ms: int  # when it was computed
 

@@ -311,8 +311,18 @@ def _train(settings: WorkerSettings, config: GoalstreamConfig, goal: str | None,
         auc = "n/a" if r["holdout_auc"] is None else f"{r['holdout_auc']:.3f}"
         line = (
             f"{r['workspace']}/{r['goal']}: {r['kind']} model {r['version']}, training size {r['training_customers']} "
-            f"customers ({r['positives']} reached, base rate {r['base_rate']:.3f}), holdout AUC {auc}"
+            f"customers ({r['positives']} reached, base rate {r['base_rate']:.3f}), "
         )
+        q = r.get("quality") or {}
+        if q.get("log_loss") is not None:
+            others = ", ".join(
+                f"{k} {c['log_loss']:.4f}" for k, c in (q.get("candidates") or {}).items() if k != r["kind"] and c.get("log_loss") is not None
+            )
+            line += f"holdout log-loss {q['log_loss']:.4f}" + (f" (vs {others})" if others else "")
+            if q.get("lift_top_decile") is not None:
+                line += f", lift at the top decile {q['lift_top_decile']:.2f}"
+            line += ", "
+        line += f"holdout AUC {auc}"
         if r["kind"] == "base_rate":
             line += " (not enough labelled customers yet: scoring with the base rate)"
         if "rescored" in r:

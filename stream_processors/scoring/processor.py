@@ -437,6 +437,9 @@ def summary(m: propensity.Model, rescored: int | None = None) -> dict[str, Any]:
         "positives": m.n_positive,
         "base_rate": round(m.base_rate, 4),
         "holdout_auc": None if m.auc is None else round(m.auc, 4),
+        # The holdout report: auc, log_loss, calibration (10 bins), lift_top_decile, training
+        # size and date, kind, and the candidates' log-loss the kind was chosen by.
+        "quality": m.report(),
     }
     if rescored is not None:
         out["rescored"] = rescored

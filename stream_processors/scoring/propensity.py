@@ -13,13 +13,35 @@ since entry, attributes) and the label is whether they reach the target later. D
 over the whole window for everyone matters: drawing it in [entered, reached_at) would
 crowd converters' snapshots into the early days and inflate the predicted rate there.
 
-The model is an L2 logistic regression (scikit-learn) on standardized features: counts of
-each configured action and of the most frequent other events (clipped at a high quantile
-so heavy users do not extrapolate a linear effect), a piecewise-linear spline of days
-since entry, and one-hot plan. Platt scaling is fitted on out-of-fold decision values
-(``CALIBRATION_FOLDS`` refits) of the training customers, and the AUC is measured on a
-holdout of customers never fitted on. Scoring uses only the stored numbers (pure Python),
-folded into one weight per raw column.
+Two model kinds are fitted on the same snapshots, and the one with the lower holdout
+log-loss serves (``train``; gbt only if it is lower by more than ``CHOICE_SE`` standard
+errors, paired over holdout customers, so a population the logistic model describes keeps
+the simpler model):
+
+- ``logistic``: an L2 logistic regression (scikit-learn) on standardized features: counts
+  of each configured action and of the most frequent other events (clipped at a high
+  quantile so heavy users do not extrapolate a linear effect), a piecewise-linear spline of
+  days since entry, and one-hot plan. Scoring is one dot product (weights folded per raw
+  column).
+- ``gbt``: gradient-boosted trees (scikit-learn's HistGradientBoostingClassifier) on the
+  raw counts, days since entry and one-hot plan: saturating effects, negative actions and
+  interactions with the plan come for free. The number of trees is chosen on the
+  out-of-fold log-loss. The trees are stored as plain JSON arrays per node (feature,
+  threshold, left, right, value) and scored by walking them in pure Python. Drivers are
+  path contributions (Saabas): the change of the node value at each split of the decision
+  path, credited to the split's feature, so a feature that lowers the likelihood (support
+  tickets) is reported with a negative contribution.
+
+Both are calibrated by Platt scaling on out-of-fold decision values (``CALIBRATION_FOLDS``
+refits) of the training customers, and measured on a holdout of customers never fitted on;
+the serving model's holdout report (AUC, log-loss, a 10-bin calibration curve, lift at the
+top decile, training size and date, kind, and both candidates' log-loss) is kept in
+``quality``. Scoring uses only the stored numbers (pure Python, no numpy or scikit-learn).
+
+Per-call cost measured with ``tests/bench/model_quality.py`` (5,000 training customers,
+1,000 scored, a shared 2-core machine), in microseconds: logistic likelihood 7-12,
+drivers 13-22, action_gains of 2-3 actions 23-32; gbt (40-60 trees of at most 15 leaves)
+likelihood 16-20, drivers 28-37, action_gains 47-82. The stored gbt JSON is 40-60 KiB.
 
 Without enough labelled customers of both outcomes, the model is ``base_rate``: every
 customer scores the goal's base rate, with no drivers and no action gains.
@@ -61,7 +83,19 @@ CALIBRATION_FOLDS = 4  # folds over the non-holdout customers, for out-of-fold P
 HOLDOUT = 0.2  # share of customers kept for the holdout AUC
 L2_C = 1.0
 DAYS = "days_since_entry"
-FORMAT = 1  # of to_json's payload
+FORMAT = 2  # of to_json's payload (2: model kinds, trees, the quality report)
+READABLE_FORMATS = (1, 2)  # FORMAT 1 (logistic or base_rate, no quality report) still loads
+KINDS = ("logistic", "gbt")  # the trained kinds train() chooses between
+# Gradient-boosted trees (scikit-learn's HistGradientBoostingClassifier on raw counts, days
+# since entry and one-hot plan). The number of trees is chosen on the out-of-fold log-loss of
+# the calibration folds (at most GBT_MAX_TREES), so the holdout stays unseen.
+GBT_MAX_TREES = 150
+GBT_PARAMS = dict(learning_rate=0.1, max_leaf_nodes=15, min_samples_leaf=40, l2_regularization=1.0)
+# gbt serves only if its holdout log-loss is lower than the logistic model's by more than
+# this many standard errors of the paired difference (per holdout customer): on a population
+# the logistic model describes, the simpler model keeps serving.
+CHOICE_SE = 2.0
+CALIBRATION_BINS = 10
 
 
 @dataclass(slots=True)  # made per score: frozen would triple its cost
@@ -127,6 +161,24 @@ class Design:
             out += [1.0 if lv == value else 0.0 for lv in levels]
         return out
 
+    def tree_columns(self) -> list[tuple[str, str]]:
+        """(feature, column) pairs of a gbt row: raw counts, days since entry, one-hot levels."""
+        cols = [(e, e) for e in self.events]
+        cols.append((DAYS, DAYS))
+        for attr, levels in self.levels.items():
+            cols += [(attr, f"{attr}={lv}") for lv in levels]
+        return cols
+
+    def tree_row(self, counts: Mapping[str, int], days: float, attributes: Mapping[str, Any]) -> list[float]:
+        # Trees do not extrapolate: counts are not clipped.
+        out = [float(counts.get(e, 0)) for e in self.events]
+        out.append(min(max(float(days), 0.0), self.window_days))
+        for attr, levels in self.levels.items():
+            value = _level(attributes.get(attr))
+            value = value if value in levels else OTHER
+            out += [1.0 if lv == value else 0.0 for lv in levels]
+        return out
+
     def days_columns(self, days: float) -> list[float]:
         d = min(max(float(days), 0.0), self.window_days)
         return [d] + [max(0.0, d - k) for k in self.knots]
@@ -166,7 +218,7 @@ class Model:
     workspace: str
     goal: str
     version: str
-    kind: str  # "logistic" or "base_rate"
+    kind: str  # "logistic", "gbt" or "base_rate"
     trained_at_ms: int
     n_customers: int
     n_positive: int
@@ -174,54 +226,117 @@ class Model:
     auc: float | None  # holdout AUC (None for base_rate)
     features: list[str]  # names of the model's features, for explanations
     design: Design | None = None
-    # Standardized-space parameters as fitted (what to_json stores) ...
+    # logistic: standardized-space parameters as fitted (what to_json stores) ...
     mean: list[float] = field(default_factory=list)
     scale: list[float] = field(default_factory=list)
     coef: list[float] = field(default_factory=list)
     intercept: float = 0.0
-    platt: tuple[float, float] = (1.0, 0.0)  # calibrated logit = a * decision + b
-    # ... and folded into raw-column weights once, so likelihood() is one dot product.
+    platt: tuple[float, float] = (1.0, 0.0)  # calibrated logit = a * decision + b (both trained kinds)
+    # gbt: raw decision = baseline + sum over trees of the leaf reached; each tree is
+    # {"feature", "threshold", "left", "right", "value"} arrays per node (feature -1 = leaf;
+    # x[feature] <= threshold goes left; an inner node's value is the count-weighted mean of
+    # its leaves, for path contributions).
+    baseline: float = 0.0
+    trees: list[dict[str, list]] = field(default_factory=list)
+    quality: dict[str, Any] | None = None  # the holdout report made at training (None: FORMAT 1)
+    # ... folded once, so likelihood() is one dot product (logistic) or one walk per tree (gbt).
     _w: list[float] = field(default_factory=list, init=False, repr=False)
     _b: float = field(default=0.0, init=False, repr=False)
     _groups: list[str] = field(default_factory=list, init=False, repr=False)
+    _nodes: tuple = field(default=(), init=False, repr=False)  # (feature, threshold, left, right, value) over all trees
+    _roots: list[int] = field(default_factory=list, init=False, repr=False)
 
     def __post_init__(self) -> None:
-        if self.kind != "logistic":
-            return
-        a, b = self.platt
-        self._w = [a * c / s for c, s in zip(self.coef, self.scale)]
-        self._b = b + a * (self.intercept - sum(c * m / s for c, m, s in zip(self.coef, self.mean, self.scale)))
-        self._groups = [f for f, _ in self.design.columns()]
+        if self.kind == "logistic":
+            a, b = self.platt
+            self._w = [a * c / s for c, s in zip(self.coef, self.scale)]
+            self._b = b + a * (self.intercept - sum(c * m / s for c, m, s in zip(self.coef, self.mean, self.scale)))
+            self._groups = [f for f, _ in self.design.columns()]
+        elif self.kind == "gbt":
+            feat: list[int] = []
+            thr: list[float] = []
+            left: list[int] = []
+            right: list[int] = []
+            val: list[float] = []
+            for t in self.trees:
+                off = len(feat)
+                self._roots.append(off)
+                feat += [int(i) for i in t["feature"]]
+                thr += [float(x) for x in t["threshold"]]
+                left += [off + int(i) for i in t["left"]]
+                right += [off + int(i) for i in t["right"]]
+                val += [float(x) for x in t["value"]]
+            self._nodes = (feat, thr, left, right, val)
+            self._groups = [f for f, _ in self.design.tree_columns()]
+            # The calibrated logit of the average training snapshot (what drivers are relative to).
+            a, b = self.platt
+            self._b = b + a * (self.baseline + sum(val[r] for r in self._roots))
 
     # -- scoring -----------------------------------------------------------------------
 
+    def _row(self, f: Features, counts: Mapping[str, int] | None = None) -> list[float]:
+        c = f.counts if counts is None else counts
+        if self.kind == "gbt":
+            return self.design.tree_row(c, f.days_since_entry, f.attributes)
+        return self.design.row(c, f.days_since_entry, f.attributes)
+
+    def _raw(self, x: Sequence[float]) -> float:
+        feat, thr, left, right, val = self._nodes
+        s = self.baseline
+        for n in self._roots:
+            j = feat[n]
+            while j >= 0:
+                n = left[n] if x[j] <= thr[n] else right[n]
+                j = feat[n]
+            s += val[n]
+        return s
+
     def _logit(self, row: Sequence[float]) -> float:
+        if self.kind == "gbt":
+            a, b = self.platt
+            return a * self._raw(row) + b
         return self._b + sum(w * x for w, x in zip(self._w, row))
 
-    def _row(self, f: Features, counts: Mapping[str, int] | None = None) -> list[float]:
-        return self.design.row(f.counts if counts is None else counts, f.days_since_entry, f.attributes)
-
     def likelihood(self, f: Features) -> float:
-        if self.kind != "logistic":
+        if self.kind not in KINDS:
             return self.base_rate
         return _sigmoid(self._logit(self._row(f)))
 
     def drivers(self, f: Features, top: int = 3) -> list[dict]:
         """Each feature's part of the calibrated log-odds relative to the average training
-        snapshot (the sum over features is this customer's logit minus the average's)."""
-        if self.kind != "logistic":
+        snapshot (the sum over features is this customer's logit minus the average's);
+        negative when the feature lowers the likelihood.
+
+        logistic: weight x (value - training mean) per column, summed per feature. gbt:
+        path contributions (Saabas): along each tree's decision path, the change of the node
+        value at each split goes to the split's feature, times the Platt slope."""
+        if self.kind not in KINDS:
             return []
         row = self._row(f)
         parts: dict[str, float] = {}
-        for g, w, x, m in zip(self._groups, self._w, row, self.mean):
-            parts[g] = parts.get(g, 0.0) + w * (x - m)
+        if self.kind == "logistic":
+            for g, w, x, m in zip(self._groups, self._w, row, self.mean):
+                parts[g] = parts.get(g, 0.0) + w * (x - m)
+        else:
+            feat, thr, left, right, val = self._nodes
+            per_col = [0.0] * len(row)
+            for n in self._roots:
+                j = feat[n]
+                while j >= 0:
+                    child = left[n] if row[j] <= thr[n] else right[n]
+                    per_col[j] += val[child] - val[n]
+                    n = child
+                    j = feat[n]
+            a = self.platt[0]
+            for g, c in zip(self._groups, per_col):
+                parts[g] = parts.get(g, 0.0) + a * c
         ranked = sorted(parts.items(), key=lambda kv: (-abs(kv[1]), kv[0]))[: max(top, 0)]
         return [{"feature": g, "value": self.design.value(g, f), "contribution": round(c, 4)} for g, c in ranked]
 
     def action_gains(self, f: Features, actions: Sequence[str]) -> dict[str, float]:
-        """likelihood with one more of each action minus likelihood now (0.0 for base_rate
-        and for actions the model does not know)."""
-        if self.kind != "logistic":
+        """likelihood with one more of each action minus likelihood now, by the serving model
+        (0.0 for base_rate and for actions the model does not know)."""
+        if self.kind not in KINDS:
             return {a: 0.0 for a in actions}
         now = self.likelihood(f)
         known = set(self.design.events)
@@ -234,6 +349,22 @@ class Model:
             counts[a] = counts.get(a, 0) + 1
             gains[a] = _sigmoid(self._logit(self._row(f, counts))) - now
         return gains
+
+    def report(self) -> dict[str, Any]:
+        """The quality report (``quality``); for a model without one (base_rate, FORMAT 1)
+        what is known: kind, training size and date, holdout AUC."""
+        if self.quality is not None:
+            return self.quality
+        return {
+            "kind": self.kind,
+            "trained_at": _iso(self.trained_at_ms),
+            "n_customers": self.n_customers,
+            "n_positive": self.n_positive,
+            "auc": self.auc,
+            "log_loss": None,
+            "calibration": [],
+            "lift_top_decile": None,
+        }
 
     # -- persistence -------------------------------------------------------------------
 
@@ -250,6 +381,7 @@ class Model:
             "base_rate": self.base_rate,
             "auc": self.auc,
             "features": self.features,
+            "quality": self.quality,
         }
         if self.kind == "logistic":
             d.update(
@@ -260,15 +392,17 @@ class Model:
                 intercept=self.intercept,
                 platt=list(self.platt),
             )
+        elif self.kind == "gbt":
+            d.update(design=self.design.to_dict(), platt=list(self.platt), baseline=self.baseline, trees=self.trees)
         # json writes floats by repr, so a round trip restores them bit for bit.
         return json.dumps(d, separators=(",", ":"), allow_nan=False)
 
     @classmethod
     def from_json(cls, text: str) -> Model:
         d = json.loads(text)
-        if d.get("format") != FORMAT:
+        if d.get("format") not in READABLE_FORMATS:
             raise ValueError(f"unsupported propensity model format {d.get('format')!r}")
-        logistic = d["kind"] == "logistic"
+        trained = d["kind"] in KINDS
         return cls(
             workspace=d["workspace"],
             goal=d["goal"],
@@ -280,13 +414,22 @@ class Model:
             base_rate=float(d["base_rate"]),
             auc=d["auc"],
             features=list(d["features"]),
-            design=Design.from_dict(d["design"]) if logistic else None,
+            design=Design.from_dict(d["design"]) if trained else None,
             mean=list(d.get("mean", [])),
             scale=list(d.get("scale", [])),
             coef=list(d.get("coef", [])),
             intercept=float(d.get("intercept", 0.0)),
             platt=tuple(d.get("platt", (1.0, 0.0))),
+            baseline=float(d.get("baseline", 0.0)),
+            trees=list(d.get("trees", [])),
+            quality=d.get("quality"),
         )
+
+
+def _iso(ms: int) -> str:
+    import datetime as dt
+
+    return dt.datetime.fromtimestamp(ms / 1000, dt.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 # -- training ------------------------------------------------------------------------
@@ -380,46 +523,65 @@ def _split(labelled: Sequence[Labelled], rng: Any) -> list[int]:
     return part
 
 
-def train(
-    workspace: str,
-    goal: str,
-    window_days: int,
-    actions: Sequence[str],
-    labelled: Sequence[Labelled],
-    *,
-    seed: int = 0,
-    min_customers: int = 100,
-    min_per_class: int = 10,
-    now_ms: int | None = None,
-) -> Model:
-    n = len(labelled)
-    n_pos = sum(c.reached_at_ms is not None for c in labelled)
-    if n < min_customers or min(n_pos, n - n_pos) < min_per_class:
-        return base_rate_model(workspace, goal, n_pos, n, now_ms)
-
-    # sklearn and numpy only train; scoring never imports them.
+def _log_loss_rows(y: Any, p: Any) -> Any:
     import numpy as np
-    from sklearn.linear_model import LogisticRegression
+
+    p = np.clip(p, 1e-12, 1 - 1e-12)
+    return -(y * np.log(p) + (1 - y) * np.log(1 - p))
+
+
+def _quality(kind: str, y: Any, p: Any, trained_ms: int, n: int, n_pos: int, n_hold: int) -> dict[str, Any]:
+    """The holdout report of the serving model, on the holdout customers' snapshots."""
+    import numpy as np
     from sklearn.metrics import roc_auc_score
 
-    trained = _now_ms(now_ms)
-    rng = np.random.default_rng(seed)
-    design = _design(labelled, window_days, actions)
-    snaps = _snapshots(labelled, design.events, rng)
-    part = np.array(_split(labelled, rng))[[s.customer for s in snaps]]
-    # Clip counts at a high quantile of what training saw: a linear effect extrapolated to
-    # a customer with 50x the usual count would score them near certainty.
-    raw = np.array([[s.counts[e] for e in design.events] for s in snaps], dtype=float)
-    caps = tuple(float(max(1, math.ceil(COUNT_CAP_FACTOR * np.quantile(raw[:, j], COUNT_CAP_QUANTILE)))) for j in range(len(design.events)))
-    design = Design(design.events, caps, design.window_days, design.knots, design.levels)
-    X = np.array([design.row(s.counts, s.days, labelled[s.customer].attributes) for s in snaps])
-    y = np.array([s.label for s in snaps])
+    bins = np.minimum((p * CALIBRATION_BINS).astype(int), CALIBRATION_BINS - 1)
+    calibration = []
+    for b in range(CALIBRATION_BINS):
+        sel = bins == b
+        k = int(sel.sum())
+        calibration.append({
+            "bin": [b / CALIBRATION_BINS, (b + 1) / CALIBRATION_BINS],
+            "mean_predicted": round(float(p[sel].mean()), 4) if k else None,
+            "observed_rate": round(float(y[sel].mean()), 4) if k else None,
+            "count": k,
+        })
+    top = np.argsort(-p, kind="stable")[: max(1, len(p) // 10)]
+    rate = float(y.mean()) if len(y) else 0.0
+    return {
+        "kind": kind,
+        "trained_at": _iso(trained_ms),
+        "n_customers": n,
+        "n_positive": n_pos,
+        "n_holdout_customers": n_hold,
+        "n_holdout_snapshots": int(len(y)),
+        "auc": float(roc_auc_score(y, p)) if len(set(y.tolist())) == 2 else None,
+        "log_loss": float(_log_loss_rows(y, p).mean()) if len(y) else None,
+        "calibration": calibration,
+        "lift_top_decile": round(float(y[top].mean()) / rate, 4) if rate > 0 else None,
+    }
+
+
+def _platt(oof: Any, y: Any) -> tuple[float, float]:
+    from sklearn.linear_model import LogisticRegression
+
+    if len(set(y.tolist())) != 2:
+        return (1.0, 0.0)
+    # Platt scaling: a 1-D logistic regression of the label on the decision function,
+    # unpenalized so it can undo the model's shrinkage rather than add its own.
+    p = LogisticRegression(C=1e6, max_iter=1000).fit(oof.reshape(-1, 1), y)
+    return (float(p.coef_[0][0]), float(p.intercept_[0]))
+
+
+def _fit_logistic(X: Any, y: Any, part: Any) -> dict[str, Any]:
+    import numpy as np
+    from sklearn.linear_model import LogisticRegression
 
     # The final model fits all non-holdout customers; Platt scaling fits the out-of-fold
     # decision values of CALIBRATION_FOLDS refits on the same customers, so calibration
     # sees every one of them (a single 20% split made the Platt slope noisy) without ever
     # scoring a customer the model was fitted on.
-    train_rows, hold = part < CALIBRATION_FOLDS, part == CALIBRATION_FOLDS
+    train_rows = part < CALIBRATION_FOLDS
     mean = X[train_rows].mean(axis=0)
     scale = X[train_rows].std(axis=0)
     scale[scale < 1e-12] = 1.0  # a constant column (an action nobody did) keeps weight 0
@@ -435,39 +597,150 @@ def train(
         rows = train_rows & (part != k)
         if len(set(y[rows])) == 2:
             oof[part == k] = fit(rows).decision_function(Z[part == k])
-    platt = (1.0, 0.0)
-    if len(set(y[train_rows])) == 2:
-        # Platt scaling: a 1-D logistic regression of the label on the decision function,
-        # unpenalized so it can undo the L2 shrinkage rather than add its own.
-        p = LogisticRegression(C=1e6, max_iter=1000).fit(oof[train_rows].reshape(-1, 1), y[train_rows])
-        platt = (float(p.coef_[0][0]), float(p.intercept_[0]))
-    auc = None
-    if len(set(y[hold])) == 2:
-        auc = float(roc_auc_score(y[hold], Z[hold] @ coef))
-
-    params = {
-        "design": design.to_dict(),
-        "coef": coef.tolist(),
-        "intercept": intercept,
-        "platt": list(platt),
-        "seed": seed,
-        "n": n,
+    platt = _platt(oof[train_rows], y[train_rows])
+    decision = Z @ coef + intercept
+    return {
+        "mean": mean, "scale": scale, "coef": coef, "intercept": intercept, "platt": platt,
+        "p": 1.0 / (1.0 + np.exp(-(platt[0] * decision + platt[1]))),
     }
-    return Model(
-        workspace=workspace,
-        goal=goal,
-        version=_version(trained, params),
-        kind="logistic",
-        trained_at_ms=trained,
-        n_customers=n,
-        n_positive=n_pos,
-        base_rate=n_pos / n,
-        auc=auc,
-        features=design.features(),
-        design=design,
-        mean=mean.tolist(),
-        scale=scale.tolist(),
-        coef=coef.tolist(),
-        intercept=intercept,
-        platt=platt,
+
+
+def _trees(clf: Any) -> tuple[float, list[dict[str, list]]]:
+    """A fitted HistGradientBoostingClassifier's trees as plain arrays (see ``Model.trees``)."""
+    import numpy as np
+
+    baseline = float(np.asarray(clf._baseline_prediction).ravel()[0])
+    out = []
+    for (predictor,) in clf._predictors:
+        nodes = predictor.nodes
+        if (nodes["is_categorical"] != 0).any():
+            raise ValueError("categorical splits are not supported")
+        leaf = nodes["is_leaf"].astype(bool)
+        feature = np.where(leaf, -1, nodes["feature_idx"]).astype(int)
+        threshold = np.where(leaf, 0.0, nodes["num_threshold"])
+        left = np.where(leaf, 0, nodes["left"]).astype(int)
+        right = np.where(leaf, 0, nodes["right"]).astype(int)
+        value = nodes["value"].astype(float).copy()
+        count = nodes["count"].astype(float)
+        # Inner nodes: the count-weighted mean of their children (children come after parents).
+        for i in range(len(nodes) - 1, -1, -1):
+            if not leaf[i]:
+                cl, cr = count[left[i]], count[right[i]]
+                value[i] = (cl * value[left[i]] + cr * value[right[i]]) / max(cl + cr, 1.0)
+        out.append({
+            "feature": feature.tolist(), "threshold": threshold.tolist(),
+            "left": left.tolist(), "right": right.tolist(), "value": value.tolist(),
+        })
+    return baseline, out
+
+
+def _fit_gbt(T: Any, y: Any, part: Any, seed: int) -> dict[str, Any]:
+    import numpy as np
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    def fit(rows: Any, trees: int) -> Any:
+        return HistGradientBoostingClassifier(max_iter=trees, early_stopping=False, random_state=seed, **GBT_PARAMS).fit(T[rows], y[rows])
+
+    train_rows = part < CALIBRATION_FOLDS
+    # Out-of-fold decisions after every tree: the number of trees with the lowest
+    # out-of-fold log-loss is kept, and Platt scaling fits the out-of-fold decisions there.
+    staged = np.zeros((GBT_MAX_TREES, len(y)))
+    for k in range(CALIBRATION_FOLDS):
+        rows = train_rows & (part != k)
+        if len(set(y[rows])) != 2:
+            continue
+        for i, dec in enumerate(fit(rows, GBT_MAX_TREES).staged_decision_function(T[part == k])):
+            staged[i, part == k] = dec
+        staged[i + 1 :, part == k] = dec[None, :]  # fewer trees than asked: the last stays
+    yt = y[train_rows]
+    losses = [float(_log_loss_rows(yt, 1.0 / (1.0 + np.exp(-s[train_rows]))).mean()) for s in staged]
+    n_trees = int(np.argmin(losses)) + 1
+    platt = _platt(staged[n_trees - 1][train_rows], yt)
+    clf = fit(train_rows, n_trees)
+    baseline, trees = _trees(clf)
+    decision = clf.decision_function(T)
+    return {
+        "baseline": baseline, "trees": trees, "platt": platt, "n_trees": n_trees,
+        "p": 1.0 / (1.0 + np.exp(-(platt[0] * decision + platt[1]))),
+    }
+
+
+def train(
+    workspace: str,
+    goal: str,
+    window_days: int,
+    actions: Sequence[str],
+    labelled: Sequence[Labelled],
+    *,
+    seed: int = 0,
+    min_customers: int = 100,
+    min_per_class: int = 10,
+    now_ms: int | None = None,
+    kinds: Sequence[str] = KINDS,
+) -> Model:
+    """Fit each of ``kinds`` (default both) and return the one that serves: with both, gbt
+    if its holdout log-loss beats the logistic model's by more than CHOICE_SE standard
+    errors, else logistic. The report of the other candidate is kept in ``quality``."""
+    n = len(labelled)
+    n_pos = sum(c.reached_at_ms is not None for c in labelled)
+    if n < min_customers or min(n_pos, n - n_pos) < min_per_class:
+        return base_rate_model(workspace, goal, n_pos, n, now_ms)
+    kinds = tuple(k for k in KINDS if k in kinds)
+    if not kinds:
+        raise ValueError(f"kinds must name at least one of {KINDS}")
+
+    # sklearn and numpy only train; scoring never imports them.
+    import numpy as np
+
+    trained = _now_ms(now_ms)
+    rng = np.random.default_rng(seed)
+    design = _design(labelled, window_days, actions)
+    snaps = _snapshots(labelled, design.events, rng)
+    cust = np.array([s.customer for s in snaps])
+    part = np.array(_split(labelled, rng))[cust]
+    # Clip counts at a high quantile of what training saw: a linear effect extrapolated to
+    # a customer with 50x the usual count would score them near certainty.
+    raw = np.array([[s.counts[e] for e in design.events] for s in snaps], dtype=float)
+    caps = tuple(float(max(1, math.ceil(COUNT_CAP_FACTOR * np.quantile(raw[:, j], COUNT_CAP_QUANTILE)))) for j in range(len(design.events)))
+    design = Design(design.events, caps, design.window_days, design.knots, design.levels)
+    y = np.array([s.label for s in snaps])
+    hold = part == CALIBRATION_FOLDS
+
+    fits: dict[str, dict[str, Any]] = {}
+    if "logistic" in kinds:
+        X = np.array([design.row(s.counts, s.days, labelled[s.customer].attributes) for s in snaps])
+        fits["logistic"] = _fit_logistic(X, y, part)
+    if "gbt" in kinds:
+        T = np.array([design.tree_row(s.counts, s.days, labelled[s.customer].attributes) for s in snaps])
+        fits["gbt"] = _fit_gbt(T, y, part, seed)
+
+    n_hold = len(set(cust[hold].tolist()))
+    reports = {k: _quality(k, y[hold], fit["p"][hold], trained, n, n_pos, n_hold) for k, fit in fits.items()}
+    kind = kinds[0]
+    choice: dict[str, Any] = {"rule": f"gbt if its holdout log-loss is lower by more than {CHOICE_SE:g} standard errors"}
+    if len(fits) == 2 and hold.any():
+        # Paired over holdout customers (a customer's snapshots are not independent).
+        diff = _log_loss_rows(y[hold], fits["logistic"]["p"][hold]) - _log_loss_rows(y[hold], fits["gbt"]["p"][hold])
+        per_customer = np.bincount(np.unique(cust[hold], return_inverse=True)[1], weights=diff)
+        gain = float(diff.mean())
+        se = float(per_customer.std(ddof=1) * math.sqrt(len(per_customer)) / len(diff)) if len(per_customer) > 1 else math.inf
+        kind = "gbt" if gain > CHOICE_SE * se else "logistic"
+        choice.update(log_loss_gain=gain, standard_error=se)
+    quality = dict(reports[kind])
+    quality["candidates"] = {k: {"log_loss": r["log_loss"], "auc": r["auc"]} for k, r in reports.items()}
+    quality["choice"] = choice
+    if "gbt" in fits:
+        quality["candidates"]["gbt"]["trees"] = fits["gbt"]["n_trees"]
+    fit = fits[kind]
+    common = dict(
+        workspace=workspace, goal=goal, kind=kind, trained_at_ms=trained, n_customers=n, n_positive=n_pos,
+        base_rate=n_pos / n, auc=quality["auc"], features=design.features(), design=design, platt=fit["platt"], quality=quality,
     )
+    if kind == "logistic":
+        params = {"design": design.to_dict(), "coef": fit["coef"].tolist(), "intercept": fit["intercept"], "platt": list(fit["platt"]), "seed": seed, "n": n}
+        return Model(
+            version=_version(trained, params), mean=fit["mean"].tolist(), scale=fit["scale"].tolist(),
+            coef=fit["coef"].tolist(), intercept=fit["intercept"], **common,
+        )
+    params = {"design": design.to_dict(), "trees": fit["trees"], "baseline": fit["baseline"], "platt": list(fit["platt"]), "seed": seed, "n": n}
+    return Model(version=_version(trained, params), baseline=fit["baseline"], trees=fit["trees"], **common)

@@ -7,7 +7,10 @@ Flow: ``Truth`` (the ground-truth parameters) -> ``generate`` -> ``Population`` 
 through the public API). Pure: no I/O, deterministic for a seed.
 
 Ground truth: each customer does each event a Poisson number of times at uniform times in
-their first ``active_days``; p_true = sigmoid(intercept + beta_plan*[plan] + sum beta_e * n_e);
+their first ``active_days``; p_true = sigmoid(intercept + beta_plan*[plan] + sum effect_e(n_e)),
+where effect_e(n) = (beta_e + plan_beta_e*[plan]) * min(n, saturate_at_e): linear by default
+(``Truth()``), non-linear in ``NONLINEAR`` (saturating effects, a negative action, an action
+that matters only on one plan);
 with probability p_true they do the target at entry + U(convert_from_days, window_days).
 The training cohort signed up long enough ago that the window is over (outcome known); the
 scoring cohort has done all its events but cannot have converted yet, so p_true is exactly
@@ -31,6 +34,12 @@ class EventTruth:
     name: str
     beta: float  # effect of one occurrence on the log-odds of converting
     mean_count: float  # Poisson mean of occurrences
+    saturate_at: int | None = None  # occurrences beyond this add nothing
+    plan_beta: float = 0.0  # added to beta for customers on Truth.plan (an interaction)
+
+    def effect(self, n: int, on_plan: bool) -> float:
+        k = n if self.saturate_at is None else min(n, self.saturate_at)
+        return (self.beta + (self.plan_beta if on_plan else 0.0)) * k
 
 
 @dataclass(frozen=True)
@@ -55,8 +64,9 @@ class Truth:
     score_entry_days: tuple[float, float] = (2.1, 2.9)
 
     def logit(self, plan: str, counts: dict[str, int]) -> float:
-        z = self.intercept + (self.plan_beta if plan == self.plan else 0.0)
-        return z + sum(e.beta * counts.get(e.name, 0) for e in self.events)
+        on = plan == self.plan
+        z = self.intercept + (self.plan_beta if on else 0.0)
+        return z + sum(e.effect(counts.get(e.name, 0), on) for e in self.events)
 
     def p(self, plan: str, counts: dict[str, int]) -> float:
         return 1.0 / (1.0 + math.exp(-self.logit(plan, counts)))
@@ -65,6 +75,27 @@ class Truth:
         """True gain in p of one more occurrence of each action."""
         now = self.p(plan, counts)
         return {a: self.p(plan, {**counts, a: counts.get(a, 0) + 1}) - now for a in self.actions}
+
+
+# A non-linear truth: the first integration connected is a step (more add nothing), uploads
+# help up to the third, support tickets lower the likelihood, and inviting a teammate
+# matters on the Team plan only.
+NONLINEAR = Truth(
+    goal="30-day Activation",
+    events=(
+        EventTruth("Connect Integration", 2.0, 1.0, saturate_at=1),
+        EventTruth("Upload Data", 0.7, 2.5, saturate_at=2),
+        EventTruth("Invite Teammate", 0.0, 1.2, plan_beta=1.0),
+        EventTruth("Support Ticket", -0.8, 0.8),
+        EventTruth("Browse", 0.0, 3.0),
+    ),
+    actions=("Connect Integration", "Upload Data", "Invite Teammate"),
+    plan="Team",
+    plan_share=0.35,
+    plan_beta=0.0,
+    other_plan="Solo",
+    intercept=-2.6,
+)
 
 
 @dataclass(frozen=True)
