@@ -26,7 +26,8 @@ import asyncio
 import logging
 import time
 import uuid
-from typing import Any
+from contextlib import nullcontext
+from typing import Any, Callable
 
 from schemas import model
 from schemas.regulations import Forgotten, REFRESH_S
@@ -66,7 +67,9 @@ TABLES = (
     # device the person also used is that customer's, and stays.
     ("events", f"workspace = {{ws:String}} AND person_id IN {{ids:Array(String)}} AND received_at <= {UPTO}"),
 )
-SWEPT = tuple(t for t, _ in TABLES) + ("events_daily_state", "goal_cohorts_daily_state")
+# The rollups are not the person's rows: their rows rebuilt are reported apart.
+REBUILT = {"events_daily_state": "events_daily_state (rebuilt)", "goal_cohorts_daily_state": "goal_cohorts_daily_state (rebuilt)"}
+SWEPT = tuple(t for t, _ in TABLES) + tuple(REBUILT.values())
 
 _UP_SQL = "SELECT customer_id FROM customer_identities WHERE workspace = {ws:String} AND merged_id = {id:String}"
 _MERGED_SQL = "SELECT merged_id AS id FROM customer_identities WHERE workspace = {ws:String} AND customer_id IN {ids:Array(String)}"
@@ -79,7 +82,8 @@ _DELIVERIES_SQL = "SELECT DISTINCT delivery_id FROM webhook_deliveries WHERE " +
 # and JSON keep strings as they are), and every request the gateway refused (its payload may be
 # base64); each is then read (``regulations.quoted``) before it is removed.
 _LETTERS_SQL = (
-    "SELECT id, stage, key, value, headers FROM deadletters WHERE failed_at <= {at:DateTime64(3, 'UTC')} AND (stage LIKE 'gateway:%' "
+    "SELECT id, stage, key, value, headers FROM deadletters WHERE failed_at <= {at:DateTime64(3, 'UTC')} AND ("
+    "(stage LIKE 'gateway:%' AND (key IS NULL OR startsWith(key, concat({ws:String}, ':')))) "
     "OR multiSearchAny(ifNull(key, ''), {ids:Array(String)}) OR multiSearchAny(ifNull(value, ''), {ids:Array(String)}))"
 )
 _MINE = "person_id IN {ids:Array(String)} AND received_at <= {at:DateTime64(3, 'UTC')}"
@@ -98,7 +102,8 @@ def _public(row: dict[str, Any]) -> dict[str, Any]:
         "type": "SUPPRESS_WITH_DELETE" if row["suppress"] else "DELETE_ONLY",
         "suppress": bool(row["suppress"]), "state": row["state"], "ids": list(row.get("ids") or []),
         "requested_by": row["requested_by"], "requested_at": iso(row["requested_ms"]),
-        "completed_at": iso(row.get("completed_ms")), "removed": removed, "rows_removed": sum(removed.values()),
+        "completed_at": iso(row.get("completed_ms")), "removed": removed,
+        "rows_removed": sum(n for t, n in removed.items() if not t.endswith("(rebuilt)")),
         "error": row.get("error") or None,
     }
 
@@ -113,10 +118,18 @@ class Regulator:
     """Takes regulations and carries them out (see the module's docstring). ``warehouse``:
     a ``Warehouse`` (or the stack's, over IPC) that can read, insert and run commands."""
 
-    def __init__(self, warehouse: Any, forgotten: Forgotten, *, settle_s: float = SETTLE_S):
+    def __init__(self, warehouse: Any, forgotten: Forgotten, *, settle_s: float = SETTLE_S,
+                 quiesce: Callable[[], Any] | None = None):
+        """``settle_s``: the wait before the first sweep (capped at two refreshes: every part
+        then has the ids) and between the two sweeps; 0 where nothing else can store (the
+        CLI on an embedded data dir). ``quiesce()``: an async context manager during which
+        this process's events sink stores nothing (``goalstream up``), so the rebuilt daily
+        rollup counts every event exactly once; without one, an event stored for the same
+        day during the rebuild (a fraction of a second) may count twice in ``events_daily``."""
         self.warehouse = warehouse
         self.forgotten = forgotten
         self.settle_s = settle_s
+        self.quiesce = quiesce
         self._lock = asyncio.Lock()
         self._tasks: set[asyncio.Task] = set()
         self._version = 0
@@ -224,16 +237,26 @@ class Regulator:
         ids = await person_ids(self.warehouse, ws, row["customer_id"], known=row["ids"])
         row.update(state="running", ids=sorted(ids))
         await self._save(row)
-        # Every part has the ids within a refresh; what a sink had already checked is caught
-        # by the second sweep.
-        removed = await self.sweep(ws, sorted(ids), row["requested_ms"])
+        # Every part has the ids within a refresh (so none folds old state into a new row
+        # after the sweep); what a sink had already checked is caught by the second sweep.
+        await asyncio.sleep(min(self.settle_s, 2 * REFRESH_S))
+        # Suppressed, nothing of theirs may stay, whenever it was received; a plain forget
+        # leaves what they send after the request.
+        upto = row["requested_ms"] + (100 * 365 * 86_400_000 if row["suppress"] else 0)
+        removed = await self.sweep(ws, sorted(ids), upto)
         await asyncio.sleep(self.settle_s)
-        again = await self.sweep(ws, sorted(ids), row["requested_ms"])
+        again = await self.sweep(ws, sorted(ids), upto)
         row["removed"] = {t: removed.get(t, 0) + again.get(t, 0) for t in SWEPT}
 
     async def sweep(self, ws: str, ids: list[str], upto_ms: int) -> dict[str, int]:
         """Remove every row of ``ids`` in workspace ``ws`` received up to ``upto_ms`` from every
-        table; rows per table. Each statement can run again: a sweep cut short is done again."""
+        table; rows per table. Each statement can run again: a sweep cut short is done again.
+        The whole sweep runs quiesced: an event of the person stored between the rollup's
+        rebuild and the events' delete would otherwise stay counted in the rollup."""
+        async with self.quiesce() if self.quiesce is not None else nullcontext():
+            return await self._sweep(ws, ids, upto_ms)
+
+    async def _sweep(self, ws: str, ids: list[str], upto_ms: int) -> dict[str, int]:
         from datetime import datetime, timezone
 
         w = self.warehouse
@@ -242,13 +265,14 @@ class Regulator:
         params: dict[str, Any] = {"ws": ws, "ids": ids, "at": at}
         # The rollups first, rebuilt without the person while their rows still say which days
         # hold them (after the events were gone, nothing would).
-        removed["events_daily_state"] = await self._rebuild(
+        removed[REBUILT["events_daily_state"]] = await self._rebuild(
             _EVENT_DAYS_SQL, params, "events_daily_state", "name",
             "SELECT workspace, name, toDate(timestamp) AS day, count() AS events, uniqState(person_id) AS people FROM events "
             "WHERE workspace = {ws:String} AND (name, toDate(timestamp)) IN {keys:Array(Tuple(String, Date))} "
             "AND NOT (" + _MINE + ") GROUP BY workspace, name, day",
         )
-        removed["goal_cohorts_daily_state"] = await self._rebuild(
+        # Distinct counts only: a goal state stored twice meanwhile changes nothing.
+        removed[REBUILT["goal_cohorts_daily_state"]] = await self._rebuild(
             _COHORT_DAYS_SQL, params, "goal_cohorts_daily_state", "goal",
             "SELECT workspace, goal, toDate(entered_at) AS cohort_day, uniqExactState(customer_id) AS entered, "
             "uniqExactStateIf(customer_id, status = 'reached') AS reached FROM goal_status "
@@ -290,7 +314,7 @@ class Regulator:
         wanted = set(ids)
         for start in range(0, len(ids), 200):  # multiSearchAny takes at most 255 needles
             chunk = ids[start : start + 200]
-            for r in await self.warehouse.rows(_LETTERS_SQL, {"ids": chunk, "at": at}):
+            for r in await self.warehouse.rows(_LETTERS_SQL, {"ids": chunk, "at": at, "ws": ws}):
                 workspace, quoted_ids, _ = quoted(r)
                 if workspace in (ws, None) and quoted_ids & wanted:
                     found.append(r["id"])

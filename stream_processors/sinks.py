@@ -127,6 +127,9 @@ class EventsSink:
         self.seen = RecentIds(dedup_window)  # recent (workspace, message_id)
         self.stored: StoredIds | None = None
         self._seeded = not (dedup_window or exact)
+        # Held by a regulation while it rebuilds the daily rollup (``forget.Regulator.quiesce``):
+        # no batch is stored meanwhile, so no event is counted twice.
+        self.paused = asyncio.Lock()
 
     def reseed(self, _assigned: Any = None) -> None:
         """Read the stored ids again before the next write (partitions were assigned: what
@@ -198,6 +201,10 @@ class EventsSink:
                 self._seeded = False  # rebuilt at twice the size before the next write
 
     async def write(self, batch: Sequence[Item]) -> None:
+        async with self.paused:
+            await self._write(batch)
+
+    async def _write(self, batch: Sequence[Item]) -> None:
         if not self._seeded:
             await self._seed()
         if self.forgotten is not None:
@@ -217,6 +224,10 @@ class EventsSink:
         self._remember(fresh, hashes)
 
     async def write_raw(self, batch: Sequence[tuple[Any, codec.Schema]]) -> None:
+        async with self.paused:
+            await self._write_raw(batch)
+
+    async def _write_raw(self, batch: Sequence[tuple[Any, codec.Schema]]) -> None:
         """The same, with ClickHouse decoding the Avro (``FORMAT Avro`` over the messages'
         own bytes): only ``message_id`` and ``workspace`` are read here, for the dedup."""
         schema = batch[0][1]

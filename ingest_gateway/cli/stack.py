@@ -35,8 +35,10 @@ in the spool, says so, and the exit status is 1.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
+from typing import Any
 
 from schemas import metrics, topics
 from schemas.config import GoalstreamConfig
@@ -336,6 +338,10 @@ class Stack(Process):
         self.health.set("dispatcher", "running")
         log.info("processors started in %.1fs, dispatcher in %.1fs", t1 - t0, loop.time() - t1)
 
+    def _quiet_events(self) -> Any:
+        """The events sink of the processors running now, paused (a regulation's sweep)."""
+        return self.processors.events.paused if self.processors is not None else contextlib.nullcontext()
+
     async def _stop_regulations(self) -> None:
         if self.regulator is not None:
             await self.regulator.stop()  # a regulation cut short stays "running": resumed at the next start
@@ -390,7 +396,7 @@ class Stack(Process):
         # What was forgotten is known before anything is stored, and kept fresh while we run.
         await self.forgotten.refresh(self.warehouse)
         self.forgotten.start(self.warehouse)
-        self.regulator = Regulator(self.warehouse, self.forgotten, settle_s=s.forget_settle_s)
+        self.regulator = Regulator(self.warehouse, self.forgotten, settle_s=s.forget_settle_s, quiesce=self._quiet_events)
         self.stops.push("the regulations", self._stop_regulations, 10.0)
         # One model store for the scorer and the API, so both serve a new model at once.
         self.models = ModelStore(self.warehouse, ttl_s=s.model_refresh_s)

@@ -190,3 +190,18 @@ async def test_a_plain_forget_sweeps_what_came_before_the_request_only(warehouse
     daily = await warehouse.rows("SELECT name, sum(events) AS n FROM events_daily WHERE workspace = {ws:String} GROUP BY name",
                                  {"ws": ws})
     assert [(r["name"], r["n"]) for r in daily] == [("after", 1)]
+
+
+async def test_a_suppressed_person_stored_by_a_part_not_yet_told_is_swept_too(warehouse):
+    import asyncio
+
+    ws = f"fg-{uuid.uuid4().hex[:8]}"
+    ev = ("INSERT INTO events (message_id, workspace, customer_id, anonymous_id, name, timestamp, received_at, properties, source) "
+          "VALUES (generateUUIDv4(), {ws:String}, 's', '', 'late', now64(3), now64(3), '{}', 't')")
+    reg = Regulator(warehouse, Forgotten(), settle_s=1.0)
+    made = await reg.request(ws, "s", suppress=True, requested_by="test")
+    await asyncio.sleep(0.3)
+    await warehouse.command(ev, {"ws": ws})  # received after the request, by a part a refresh behind
+    done = await reg.wait(made["id"], 60)
+    assert done["state"] == "completed" and done["removed"]["events"] == 1
+    assert await names(warehouse, ws) == []
