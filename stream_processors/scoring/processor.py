@@ -37,6 +37,7 @@ from schemas.settings import WorkerSettings
 from schemas.warehouse import Warehouse
 
 from ..retry import retry
+from . import features
 from . import goals as g
 from . import propensity
 
@@ -401,18 +402,16 @@ class Scorer:
         only that workspace's goals); then rescore."""
         summaries = []
         now = model.now_ms()
-        loop = asyncio.get_running_loop()
         for goal in self.config.goals:
             if goal_name is not None and goal.name != goal_name:
                 continue
             if workspace is not None and goal.workspace != workspace:
                 continue
-            labelled = await g.labelled(self.warehouse, goal.workspace, goal, now)
-            names = [a.event_name for a in goal.actions]
-            # CPU-bound: off the event loop.
-            m = await loop.run_in_executor(
-                None, lambda: propensity.train(goal.workspace, goal.name, goal.window_days, names, labelled, now_ms=now)
-            )
+            # The snapshot features are computed in ClickHouse (chDB and a server alike) and
+            # fitted off the event loop; ``g.labelled`` + ``propensity.train`` is the same
+            # model pulling every event into Python (tests/integration/test_train_features.py
+            # keeps the two rows equal).
+            m = await features.train(self.warehouse, goal, now_ms=now)
             await store_model(self.warehouse, m)
             self.models.put(m)
             self.versions[(goal.workspace, goal.name)] = m.version
