@@ -300,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
         if "new" not in skip:
             print("new path (goalstream train) ...", file=sys.stderr, flush=True)
             # The CLI trains as of its own clock: the data's windows stay over (31+ days back).
-            cmd = [sys.executable, "-m", "ingest_gateway.cli", "train", "--json", "--config", str(data / "goalstream.toml"),
+            cmd = [sys.executable, "-c", "import sys; from ingest_gateway.cli import main; sys.exit(main())", "train", "--json", "--config", str(data / "goalstream.toml"),
                    "--data-dir", str(data), "--clickhouse", f"chdb://{ch}"]
             report["new"] = run_measured(cmd, 3600)
         if "new-phases" not in skip:
@@ -312,6 +312,7 @@ def main(argv: list[str] | None = None) -> int:
 
     print(render(report))
     if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=2) + "\n")
     failed = [k for k in ("old", "new", "new_phases") if k in report and report[k].get("returncode")]
     return 1 if failed else 0
