@@ -43,13 +43,17 @@ hostile: $(STAMP)
 faults: $(STAMP)
 	$(BIN)/python -m pytest -ra tests/faults
 
+# Then training at scale (issue 16): goalstream train on 200,000 customers x 20 event kinds,
+# ClickHouse features against the previous path (tests/bench/train_scale.py; about 10 minutes).
 bench: $(STAMP)
 	$(BIN)/python tests/bench/run_bench.py
+	$(BIN)/python tests/bench/train_scale.py --json bench-results/train_scale.json
 
 # Every section of the bench, small (a few minutes): to check the bench itself, not to quote figures.
 bench-quick: $(STAMP)
 	$(BIN)/python tests/bench/run_bench.py --rounds 1 --baseline-duration 3 --duration 3 \
 		--drain-events 30000 --slow-events 40 --fast-seconds 4
+	$(BIN)/python tests/bench/train_scale.py --customers 20000
 
 clean:
 	rm -rf $(VENV) var

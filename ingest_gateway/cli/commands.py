@@ -337,7 +337,6 @@ async def _train_direct(settings: WorkerSettings, config: GoalstreamConfig, goal
     """No stack on this data dir: train against ClickHouse and store; workers pick it up."""
     from schemas import model
     from schemas.warehouse import Warehouse
-    from stream_processors.scoring import goals, propensity
     from stream_processors.scoring import processor as scoring
 
     warehouse = await Warehouse(settings.clickhouse_dsn).open()
@@ -348,9 +347,7 @@ async def _train_direct(settings: WorkerSettings, config: GoalstreamConfig, goal
         for g in config.goals:
             if goal is not None and g.name != goal:
                 continue
-            labelled = await goals.labelled(warehouse, g.workspace, g, now)
-            names = [a.event_name for a in g.actions]
-            m = propensity.train(g.workspace, g.name, g.window_days, names, labelled, now_ms=now)
+            m = await scoring.train_goal(warehouse, g, now)  # as Scorer.train
             await scoring.store_model(warehouse, m)
             out.append(scoring.summary(m))
         return out

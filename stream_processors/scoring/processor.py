@@ -37,6 +37,7 @@ from schemas.settings import WorkerSettings
 from schemas.warehouse import Warehouse
 
 from ..retry import retry
+from . import features
 from . import goals as g
 from . import propensity
 
@@ -401,18 +402,12 @@ class Scorer:
         only that workspace's goals); then rescore."""
         summaries = []
         now = model.now_ms()
-        loop = asyncio.get_running_loop()
         for goal in self.config.goals:
             if goal_name is not None and goal.name != goal_name:
                 continue
             if workspace is not None and goal.workspace != workspace:
                 continue
-            labelled = await g.labelled(self.warehouse, goal.workspace, goal, now)
-            names = [a.event_name for a in goal.actions]
-            # CPU-bound: off the event loop.
-            m = await loop.run_in_executor(
-                None, lambda: propensity.train(goal.workspace, goal.name, goal.window_days, names, labelled, now_ms=now)
-            )
+            m = await train_goal(self.warehouse, goal, now)
             await store_model(self.warehouse, m)
             self.models.put(m)
             self.versions[(goal.workspace, goal.name)] = m.version
@@ -420,6 +415,27 @@ class Scorer:
             summaries.append(summary(m, rescored))
             log.info("trained %s/%s: %s", goal.workspace, goal.name, summaries[-1])
         return summaries
+
+
+# Up to this many labelled customers a goal's events are read into Python and both model
+# kinds compete (logistic, gbt); above it the snapshot features are computed in ClickHouse
+# (features.py: bounded memory, 200k customers x 20 event kinds in ~50 s) and fitted with
+# the logistic model only, until both paths share one fit on arrays.
+CLICKHOUSE_FEATURES_ABOVE = 50_000
+
+
+async def train_goal(warehouse: Warehouse, goal: Goal, now: int) -> propensity.Model:
+    """One goal's model, trained by the path its size calls for (tests/integration/
+    test_train_features.py keeps the two paths' snapshot rows equal)."""
+    if await features.labelled_count(warehouse, goal, now) > CLICKHOUSE_FEATURES_ABOVE:
+        return await features.train(warehouse, goal, now_ms=now)
+    labelled = await g.labelled(warehouse, goal.workspace, goal, now)
+    names = [a.event_name for a in goal.actions]
+    loop = asyncio.get_running_loop()
+    # CPU-bound: off the event loop.
+    return await loop.run_in_executor(
+        None, lambda: propensity.train(goal.workspace, goal.name, goal.window_days, names, labelled, now_ms=now)
+    )
 
 
 async def store_model(warehouse: Warehouse, m: propensity.Model) -> None:
