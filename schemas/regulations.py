@@ -112,7 +112,10 @@ class Forgotten:
 
     def update(self, rows: Iterable[dict[str, Any]]) -> None:
         """Replace the list with ``rows`` (LOAD_SQL's); tell the listeners what is new."""
-        self.rows = {r["id"]: r for r in rows}
+        rows = {r["id"]: r for r in rows}
+        if rows == self.rows:
+            return  # every part refreshes every second: nothing changed, nothing to rebuild
+        self.rows = rows
         by_ws: dict[str, dict[str, Entry]] = {}
         for r in self.rows.values():
             entry = Entry(r["id"], int(r["requested_ms"]), bool(r["suppress"]), r["state"] == "completed")

@@ -30,7 +30,7 @@ from contextlib import nullcontext
 from typing import Any, Callable
 
 from schemas import model
-from schemas.regulations import Forgotten, REFRESH_S
+from schemas.regulations import REFRESH_S, Forgotten, quoted
 from schemas.stopping import bounded
 from schemas.warehouse import WarehouseError
 
@@ -202,12 +202,13 @@ class Regulator:
         self._version = max(self._version + 1, time.time_ns())
         values = [
             row["id"], row["workspace"], row["customer_id"], list(row["ids"]), int(row["suppress"]), row["requested_by"],
-            row["requested_ms"], row["state"], dict(row["removed"]), row.get("completed_ms"), row.get("error") or "",
+            model.from_ms(row["requested_ms"]), row["state"], dict(row["removed"]),
+            None if row.get("completed_ms") is None else model.from_ms(row["completed_ms"]), row.get("error") or "",
             self._version,
         ]
         # The insert first: the list this process obeys never runs ahead of the table.
         await retries.retry(
-            lambda: self.warehouse.insert("regulations", [_as_times(values)], REGULATION_COLUMNS),
+            lambda: self.warehouse.insert("regulations", [values], REGULATION_COLUMNS),
             what=f"storing regulation {row['id']}", backoff=retries.Backoff(attempts=6), retriable=retriable, logger=log,
         )
         self.forgotten.add({**row, "ids": list(row["ids"])})
@@ -257,23 +258,21 @@ class Regulator:
             return await self._sweep(ws, ids, upto_ms)
 
     async def _sweep(self, ws: str, ids: list[str], upto_ms: int) -> dict[str, int]:
-        from datetime import datetime, timezone
-
         w = self.warehouse
         removed: dict[str, int] = {}
-        at = datetime.fromtimestamp(upto_ms / 1000, tz=timezone.utc)
+        at = model.from_ms(upto_ms)
         params: dict[str, Any] = {"ws": ws, "ids": ids, "at": at}
         # The rollups first, rebuilt without the person while their rows still say which days
         # hold them (after the events were gone, nothing would).
         removed[REBUILT["events_daily_state"]] = await self._rebuild(
-            _EVENT_DAYS_SQL, params, "events_daily_state", "name",
+            _EVENT_DAYS_SQL, params, "events_daily_state", ("name", "day"),
             "SELECT workspace, name, toDate(timestamp) AS day, count() AS events, uniqState(person_id) AS people FROM events "
             "WHERE workspace = {ws:String} AND (name, toDate(timestamp)) IN {keys:Array(Tuple(String, Date))} "
             "AND NOT (" + _MINE + ") GROUP BY workspace, name, day",
         )
         # Distinct counts only: a goal state stored twice meanwhile changes nothing.
         removed[REBUILT["goal_cohorts_daily_state"]] = await self._rebuild(
-            _COHORT_DAYS_SQL, params, "goal_cohorts_daily_state", "goal",
+            _COHORT_DAYS_SQL, params, "goal_cohorts_daily_state", ("goal", "cohort_day"),
             "SELECT workspace, goal, toDate(entered_at) AS cohort_day, uniqExactState(customer_id) AS entered, "
             "uniqExactStateIf(customer_id, status = 'reached') AS reached FROM goal_status "
             "WHERE workspace = {ws:String} AND (goal, toDate(entered_at)) IN {keys:Array(Tuple(String, Date))} "
@@ -297,19 +296,19 @@ class Regulator:
             await self.warehouse.command(f"DELETE FROM {table} WHERE {where}", params)
         return n
 
-    async def _rebuild(self, days_sql: str, params: dict[str, Any], state: str, column: str, select: str) -> int:
+    async def _rebuild(self, days_sql: str, params: dict[str, Any], state: str, key: tuple[str, str], select: str) -> int:
+        """Rebuild ``state``'s rows whose (``key``) ``days_sql`` names from ``select``; the rows replaced."""
+        column, day = key
         keys = [(r[column], r["day"]) for r in await self.warehouse.rows(days_sql, params)]
         if not keys:
             return 0
         p = {**params, "keys": keys}
-        where = f"workspace = {{ws:String}} AND ({column}, {'day' if state == 'events_daily_state' else 'cohort_day'}) IN {{keys:Array(Tuple(String, Date))}}"
+        where = f"workspace = {{ws:String}} AND ({column}, {day}) IN {{keys:Array(Tuple(String, Date))}}"
         n = await self._delete(state, where, p)
         await self.warehouse.command(f"INSERT INTO {state} {select}", p)
         return n
 
     async def _letters(self, ws: str, ids: list[str], at: Any) -> list[str]:
-        from schemas.regulations import quoted
-
         found: list[str] = []
         wanted = set(ids)
         for start in range(0, len(ids), 200):  # multiSearchAny takes at most 255 needles
@@ -319,17 +318,6 @@ class Regulator:
                 if workspace in (ws, None) and quoted_ids & wanted:
                     found.append(r["id"])
         return sorted(set(found))
-
-
-def _as_times(values: list[Any]) -> list[Any]:
-    """requested_at and completed_at as datetimes (the insert's column types want them)."""
-    from datetime import datetime, timezone
-
-    out = list(values)
-    for i in (6, 9):
-        if out[i] is not None:
-            out[i] = datetime.fromtimestamp(out[i] / 1000, tz=timezone.utc)
-    return out
 
 
 async def person_ids(reader: Any, ws: str, customer_id: str, known: Any = ()) -> set[str]:

@@ -29,7 +29,7 @@ import numpy as np
 import orjson
 
 from schemas import codec, metrics, model
-from schemas.regulations import Forgotten, persons_of, quoted
+from schemas.regulations import Forgotten, persons_of, quoted, record_persons
 from schemas.warehouse import Warehouse
 
 from . import customers as cust
@@ -87,21 +87,9 @@ def _trim(cache: OrderedDict, limit: int) -> None:
         cache.popitem(last=False)
 
 
-def _ms(value: Any) -> int | None:
-    """A record's time as int ms (decoded with or without logical types)."""
-    if isinstance(value, int):
-        return value
-    return int(value.timestamp() * 1000) if hasattr(value, "timestamp") else None
-
-
 def _forgotten_dropped(stage: str, n: int) -> None:
     if n:
         metrics.FORGOTTEN_RECORDS.labels(stage).inc(n)
-
-
-def _event_person(record: dict[str, Any]) -> tuple[str]:
-    # The person an event is stored for (events.person_id): its customer, else its anonymous id.
-    return (record.get("customer_id") or record.get("anonymous_id") or "",)
 
 
 # What a sink that starts (or is handed partitions) remembers first: the ids ClickHouse stored
@@ -211,7 +199,8 @@ class EventsSink:
             await self.forgotten.ready(self.warehouse)
         items: Sequence[Item] = batch
         if (f := self.forgotten) is not None and f.any:
-            items = [i for i in batch if not f.blocks(i.record["workspace"], _event_person(i.record), _ms(i.record["received_at"]))]
+            items = [i for i in batch
+                     if not f.blocks(i.record["workspace"], record_persons(model.EVENT, i.record), model.to_ms(i.record["received_at"]))]
             _forgotten_dropped("events-sink", len(batch) - len(items))
         kept, fresh = self._unseen(((i.record["workspace"], i.record["message_id"]), i.record) for i in items)
         kept, fresh, hashes = await self._absent(kept, fresh)
@@ -276,7 +265,7 @@ class EventsSink:
         if f.entry(workspace, person) is None:
             return False
         record = codec.decode_as(schema, value, logical=False)
-        return f.blocks(workspace, (person,), _ms(record["received_at"]))
+        return f.blocks(workspace, (person,), model.to_ms(record["received_at"]))
 
 
 class CustomersSink:
@@ -318,7 +307,7 @@ class CustomersSink:
         if f is not None:
             await f.ready(self.warehouse)
         if f is not None and f.any:
-            items = [i for i in batch if not f.blocks(i.record["workspace"], persons_of(i.record), _ms(i.record["received_at"]))]
+            items = [i for i in batch if not f.blocks(i.record["workspace"], persons_of(i.record), model.to_ms(i.record["received_at"]))]
             _forgotten_dropped("customers-sink", len(batch) - len(items))
             batch = items
         keys = {(r["workspace"], r["customer_id"]) for _, _, r in batch}
@@ -380,7 +369,7 @@ class DeadLettersSink:
         workspace, ids, received = quoted(record)
         if workspace is None or not ids:
             return False
-        return self.forgotten.blocks(workspace, ids, received if received is not None else _ms(record["failed_at"]))
+        return self.forgotten.blocks(workspace, ids, received if received is not None else model.to_ms(record["failed_at"]))
 
     @staticmethod
     def rescue(message: Any, reason: str) -> Item:

@@ -215,24 +215,10 @@ def _query(settings: CommonSettings, statement: str, fmt: str) -> bytes:
     one (it holds the embedded ClickHouse, and checks the query on its admin lane), else
     against ClickHouse directly, through the same check and limits (ingest_gateway.sqlguard)."""
     if (info := runfile.running(settings.data_dir)) is not None:
-        req = urllib.request.Request(
-            f"{info['url']}/admin/v1/sql?format={urllib.parse.quote(fmt)}",
-            data=statement.encode(),
-            headers={"Authorization": f"Bearer {info['token']}"},
-            method="POST",
-        )
         try:
-            with urllib.request.urlopen(req, timeout=300) as resp:
-                return resp.read()
-        except urllib.error.HTTPError as exc:
-            body = exc.read().decode(errors="replace")
-            try:
-                body = json.loads(body)["error"]["message"]
-            except (ValueError, KeyError, TypeError):
-                pass
-            raise QueryFailed(body) from None
-        except urllib.error.URLError as exc:
-            raise QueryFailed(f"the running stack did not answer: {exc.reason}") from None
+            return runfile.call(info, "POST", f"/admin/v1/sql?format={urllib.parse.quote(fmt)}", statement.encode(), timeout=300)
+        except runfile.StackRefused as exc:
+            raise QueryFailed(str(exc)) from None
     import clickhouse_connect
 
     from schemas.warehouse import embedded_path, normalize_dsn

@@ -15,9 +15,7 @@ import getpass
 import json
 import sys
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from typing import Any
 
 from schemas.config import GoalstreamConfig
@@ -43,23 +41,12 @@ def add_parser(sub: Any, common: Any) -> None:
     fg.add_argument("--json", action="store_true", help="print JSON")
 
 
-def _http(info: dict[str, Any], method: str, path: str, body: dict[str, Any] | None = None, timeout: float = 60.0) -> Any:
-    req = urllib.request.Request(
-        f"{info['url']}{path}", data=json.dumps(body).encode() if body is not None else None, method=method,
-        headers={"Authorization": f"Bearer {info['token']}", "Content-Type": "application/json"},
-    )
+def _http(info: dict[str, Any], method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+    data = json.dumps(body).encode() if body is not None else None
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            return json.loads(resp.read())
-    except urllib.error.HTTPError as exc:
-        text = exc.read().decode(errors="replace")
-        try:
-            text = json.loads(text)["error"]["message"]
-        except (ValueError, KeyError, TypeError):
-            pass
-        raise ForgetFailed(text) from None
-    except urllib.error.URLError as exc:
-        raise ForgetFailed(f"the running stack did not answer: {exc.reason}") from None
+        return json.loads(runfile.call(info, method, path, data, content_type="application/json"))
+    except runfile.StackRefused as exc:
+        raise ForgetFailed(str(exc)) from None
 
 
 async def _direct(settings: CommonSettings, action: Any) -> Any:

@@ -53,6 +53,33 @@ def running(data_dir: Path) -> dict[str, Any] | None:
     return info if _alive(info.get("pid")) else None
 
 
+class StackRefused(Exception):
+    """The running stack answered an error (its message, for the user) or did not answer."""
+
+
+def call(info: dict[str, Any], method: str, path: str, data: bytes | None = None, *,
+         content_type: str | None = None, timeout: float = 60.0) -> bytes:
+    """One request to the running stack's admin API as the operator (its per-run token);
+    the body of a 2xx, else ``StackRefused`` with the error's message."""
+    import urllib.error
+    import urllib.request
+
+    headers = {"Authorization": f"Bearer {info['token']}", **({"Content-Type": content_type} if content_type else {})}
+    req = urllib.request.Request(f"{info['url']}{path}", data=data, method=method, headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.read()
+    except urllib.error.HTTPError as exc:
+        text = exc.read().decode(errors="replace")
+        try:
+            text = json.loads(text)["error"]["message"]
+        except (ValueError, KeyError, TypeError):
+            pass
+        raise StackRefused(text) from None
+    except urllib.error.URLError as exc:
+        raise StackRefused(f"the running stack did not answer: {exc.reason}") from None
+
+
 def _alive(pid: Any) -> bool:
     try:
         os.kill(int(pid), 0)

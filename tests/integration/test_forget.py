@@ -5,27 +5,15 @@ suppressed, everything later) whichever path they store by."""
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
-from typing import Any
 
 from schemas import codec, model, topics
 from schemas.regulations import Forgotten
 from stream_processors.forget import Regulator
 from stream_processors.runtime import Item
 from stream_processors.sinks import CustomersSink, DeadLettersSink, EventsSink
+from tests.integration.test_event_dedup import Msg
 
 T = model.now_ms()
-
-
-@dataclass
-class Msg:
-    topic: str
-    partition: int
-    offset: int
-    value: bytes
-    headers: Any
-    key: bytes | None = None
-    timestamp: int = 0
 
 
 def as_msg(rec: model.Record, offset: int) -> Msg:
