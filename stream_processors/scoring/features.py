@@ -7,8 +7,8 @@ labelled customer draws ``propensity.SNAPSHOTS`` snapshot times t = entered + wi
 u**SNAPSHOT_POWER, u from a hash of (customer id, k) (``snapshot_u``, the same in Python),
 drops the snapshots at/after the conversion, and returns per snapshot the count of each of
 the design's events with ts < t, the days since entry, the plan's level and the label,
-streamed in column blocks into numpy arrays -> ``fit``: the same logistic regression, Platt
-scaling and holdout AUC as ``propensity.train``, on arrays.
+streamed in column blocks into numpy arrays (``propensity.Snapshots``) -> ``propensity.fit``,
+the fit ``propensity.train`` ends in: both model kinds, the choice and the quality report.
 
 What a labelled customer is, which events count for them and when the goal is reached are
 exactly ``goals.labelled``'s rules (customers FINAL, not deleted, signed up by now, newest
@@ -19,8 +19,8 @@ checks the rows against ``propensity._snapshots`` on ``goals.labelled``'s object
 
 Differences from ``propensity.train`` by design: snapshot times come from the hash, not
 numpy's generator (so the same data give the same rows on any machine and in any order),
-and customers are ordered by id for the split. The model is of the same kind and format,
-scored by the same code.
+and customers are ordered by id for the split. The model is fitted, chosen and
+stored by the same code.
 """
 
 from __future__ import annotations
@@ -43,7 +43,6 @@ MAX_PLAN_VALUES = 1000  # distinct raw plan values read for the levels (the rest
 # The reads of a training run: more threads than the scorer's 1 (a server has its own cores;
 # embedded, a training run is rare and short).
 SETTINGS = {"max_threads": 2, "join_use_nulls": 0}
-SOLVER = "newton-cholesky"
 
 _U_SQL = "bitShiftRight(reinterpretAsUInt64(substring(MD5(concat(cid, ':', toString(k))), 1, 8)), 11) / 9007199254740992"
 
@@ -155,8 +154,8 @@ def _snapshot_sql(events: Sequence[str]) -> str:
     return (
         # One extra row per customer (k = SNAPSHOTS, never dropped): its label and plan, for
         # the split by customer and the counts of customers and positives.
-        f"SELECT ord, toUInt8(k = {pr.SNAPSHOTS}) AS is_customer, toUInt8(k) AS snapshot, toUInt8(reached > 0) AS label,"
-        "        (ts - toFloat64(entered)) / 86400000 AS days, toUInt8(plan) AS plan, u" + counts +
+        f"SELECT ord, toUInt8(k = {pr.SNAPSHOTS}) AS is_customer, toUInt8(reached > 0) AS label,"
+        "        (ts - toFloat64(entered)) / 86400000 AS days, toUInt8(plan) AS plan" + counts +
         " FROM ("
         f"  SELECT *, k, {_U_SQL} AS u, toFloat64(entered) + pow(u, {{power:Float64}}) * toFloat64({{window:Int64}}) AS ts"
         "   FROM ("
@@ -175,22 +174,8 @@ def _snapshot_sql(events: Sequence[str]) -> str:
     )
 
 
-@dataclass
-class Rows:
-    """Snapshot rows (one per snapshot, ``propensity._snapshots``'s) and customer rows."""
-
-    ord: Any  # per snapshot: the customer's ordinal (customers ordered by id)
-    k: Any  # per snapshot: which of the SNAPSHOTS draws
-    u: Any  # per snapshot: the draw
-    days: Any
-    label: Any
-    plan: Any  # per snapshot: index into design.levels["plan"]
-    counts: Any  # (snapshots, events) uint32: events with ts < t
-    customer_label: Any  # per customer ordinal
-    customer_plan: Any
-
-
-async def snapshot_rows(warehouse: Warehouse, pop: Population) -> Rows:
+async def snapshot_rows(warehouse: Warehouse, pop: Population) -> pr.Snapshots:
+    """One row per snapshot (``propensity._snapshots``'s), customers ordered by id."""
     import numpy as np
 
     events = pop.design.events
@@ -215,125 +200,10 @@ async def snapshot_rows(warehouse: Warehouse, pop: Population) -> Rows:
     for j in range(len(events)):
         counts[:, j] = col(f"n{j}", np.uint32)[snap]
     label, plan = col("label", np.uint8), col("plan", np.uint8)
-    return Rows(
-        ord=ordinal[snap], k=col("snapshot", np.uint8)[snap], u=col("u", np.float64)[snap], days=col("days", np.float64)[snap],
-        label=label[snap], plan=plan[snap], counts=counts,
-        customer_label=label[is_customer][order], customer_plan=plan[is_customer][order],
+    return pr.Snapshots(
+        customer=ordinal[snap], counts=counts, days=col("days", np.float64)[snap],
+        levels=plan[snap].reshape(-1, 1), label=label[snap], customer_label=label[is_customer][order],
     )
-
-
-def matrix(design: pr.Design, rows: Rows) -> Any:
-    """``design.row`` of every snapshot, vectorized (float64, snapshots x columns)."""
-    import numpy as np
-
-    n_e, knots, levels = len(design.events), design.knots, design.levels["plan"]
-    X = np.empty((len(rows.days), n_e + 1 + len(knots) + len(levels)))
-    if n_e:
-        np.minimum(rows.counts, np.asarray(design.caps), out=X[:, :n_e], casting="unsafe")
-    d = np.clip(rows.days, 0.0, design.window_days)
-    X[:, n_e] = d
-    for i, k in enumerate(knots):
-        X[:, n_e + 1 + i] = np.maximum(0.0, d - k)
-    base = n_e + 1 + len(knots)
-    X[:, base:] = 0.0
-    X[np.arange(len(d)), base + rows.plan.astype(np.int64)] = 1.0
-    return X
-
-
-def split(labels: Any, rng: Any) -> Any:
-    """``propensity._split`` on a per-customer label array."""
-    import numpy as np
-
-    part = np.zeros(len(labels), dtype=np.int64)
-    for cls in (True, False):
-        idx = [int(i) for i in np.flatnonzero(labels.astype(bool) == cls)]
-        rng.shuffle(idx)
-        n_hold = round(len(idx) * pr.HOLDOUT)
-        for j, i in enumerate(idx):
-            part[i] = pr.CALIBRATION_FOLDS if j < n_hold else j % pr.CALIBRATION_FOLDS
-    return part
-
-
-def fit(
-    workspace: str, goal: str, design: pr.Design, rows: Rows, *, seed: int = 0, min_customers: int = 100,
-    min_per_class: int = 10, now_ms: int | None = None, timings: dict[str, float] | None = None,
-) -> pr.Model:
-    """``propensity.train``'s fitting on prebuilt rows: the same model, calibration and AUC."""
-    n = len(rows.customer_label)
-    n_pos = int(rows.customer_label.sum())
-    if n < min_customers or min(n_pos, n - n_pos) < min_per_class or not len(rows.days):
-        return pr.base_rate_model(workspace, goal, n_pos, n, now_ms)
-
-    import time
-
-    import numpy as np
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.metrics import roc_auc_score
-
-    started = time.perf_counter()
-    trained = pr._now_ms(now_ms)
-    rng = np.random.default_rng(seed)
-    part = split(rows.customer_label, rng)[rows.ord]
-    caps = tuple(
-        float(max(1, math.ceil(pr.COUNT_CAP_FACTOR * np.quantile(rows.counts[:, j], pr.COUNT_CAP_QUANTILE))))
-        for j in range(len(design.events))
-    )
-    design = pr.Design(design.events, caps, design.window_days, design.knots, design.levels)
-    # Rows sorted by part: the training rows (parts 0..F-1) are then a prefix, a view.
-    order = np.argsort(part, kind="stable")
-    part = part[order]
-    X = matrix(design, _take(rows, order))
-    y = rows.label[order].astype(np.int64)
-    n_train = int((part < pr.CALIBRATION_FOLDS).sum())
-    train_rows, hold = slice(0, n_train), slice(n_train, len(y))
-    mean = X[train_rows].mean(axis=0)
-    scale = X[train_rows].std(axis=0)
-    scale[scale < 1e-12] = 1.0
-    X -= mean  # standardized in place: Z of propensity.train, without a second copy
-    X /= scale
-    Z = X
-    if timings is not None:
-        timings["matrix_s"] = time.perf_counter() - started
-
-    def model(start: Any = None) -> Any:
-        # newton-cholesky: the same L2 objective as propensity's lbfgs (the same optimum, to
-        # the tolerance: measured at 200k customers, coefficients within 0.003), in ~6 Newton
-        # steps where lbfgs takes ~50, when rows far outnumber columns as here. The fold
-        # refits start from the final model's optimum (warm start), which is close to theirs.
-        clf = LogisticRegression(C=pr.L2_C, solver=SOLVER, max_iter=200, warm_start=start is not None)
-        if start is not None:
-            clf.coef_, clf.intercept_ = start.coef_.copy(), start.intercept_.copy()
-        return clf
-
-    clf = model().fit(Z[train_rows], y[train_rows])
-    coef, intercept = clf.coef_[0], float(clf.intercept_[0])
-    oof = np.zeros(len(y))
-    for k in range(pr.CALIBRATION_FOLDS):
-        rows_k = part[:n_train] != k
-        if len(set(y[:n_train][rows_k])) == 2:
-            mine = slice(int(np.searchsorted(part, k)), int(np.searchsorted(part, k, side="right")))
-            oof[mine] = model(clf).fit(Z[:n_train][rows_k], y[:n_train][rows_k]).decision_function(Z[mine])
-    platt = (1.0, 0.0)
-    if len(set(y[train_rows])) == 2:
-        p = LogisticRegression(C=1e6, max_iter=1000).fit(oof[train_rows].reshape(-1, 1), y[train_rows])
-        platt = (float(p.coef_[0][0]), float(p.intercept_[0]))
-    auc = None
-    if len(set(y[hold])) == 2:
-        auc = float(roc_auc_score(y[hold], Z[hold] @ coef))
-    if timings is not None:
-        timings["fit_s"] = time.perf_counter() - started - timings.get("matrix_s", 0.0)
-    params = {"design": design.to_dict(), "coef": coef.tolist(), "intercept": intercept, "platt": list(platt),
-              "seed": seed, "n": n}
-    return pr.Model(
-        workspace=workspace, goal=goal, version=pr._version(trained, params), kind="logistic", trained_at_ms=trained,
-        n_customers=n, n_positive=n_pos, base_rate=n_pos / n, auc=auc, features=design.features(), design=design,
-        mean=mean.tolist(), scale=scale.tolist(), coef=coef.tolist(), intercept=intercept, platt=platt,
-    )
-
-
-def _take(rows: Rows, order: Any) -> Rows:
-    return Rows(rows.ord[order], rows.k[order], rows.u[order], rows.days[order], rows.label[order], rows.plan[order],
-                rows.counts[order], rows.customer_label, rows.customer_plan)
 
 
 async def train(
@@ -354,5 +224,5 @@ async def train(
     loop = asyncio.get_running_loop()
     # CPU-bound: off the event loop.
     return await loop.run_in_executor(
-        None, lambda: fit(goal.workspace, goal.name, pop.design, rows, seed=seed, now_ms=now_ms, timings=timings)
+        None, lambda: pr.fit(goal.workspace, goal.name, pop.design, rows, seed=seed, now_ms=now_ms, timings=timings)
     )

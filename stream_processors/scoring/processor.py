@@ -417,10 +417,9 @@ class Scorer:
         return summaries
 
 
-# Up to this many labelled customers a goal's events are read into Python and both model
-# kinds compete (logistic, gbt); above it the snapshot features are computed in ClickHouse
-# (features.py: bounded memory, 200k customers x 20 event kinds in ~50 s) and fitted with
-# the logistic model only, until both paths share one fit on arrays.
+# Up to this many labelled customers a goal's events are read into Python and the snapshots
+# drawn there; above it the snapshot features are computed in ClickHouse (features.py:
+# bounded memory). Both paths end in the same propensity.fit: both model kinds compete.
 CLICKHOUSE_FEATURES_ABOVE = 50_000
 
 

@@ -17,7 +17,8 @@ in a temp dir:
    the row number: the same data every run).
 2. ``old``: ``goals.labelled`` (every event timestamp into ``propensity.Labelled`` objects)
    then ``propensity.train``, as ``goalstream train`` did before (in process, timed per
-   phase). Above ``--old-max`` customers (default 200,000) it is skipped.
+   phase; both paths now end in the same ``propensity.fit``, so the difference is the
+   loading and the snapshots). Above ``--old-max`` customers (default 200,000) it is skipped.
 3. ``new``: ``goalstream train --json`` itself (the CLI, a subprocess: its wall time from
    spawn to exit, interpreter start and migrations included, and its peak RSS from
    ``wait4``), which now computes the snapshot features in ClickHouse
@@ -180,7 +181,8 @@ async def child_new_phases(path: Path, now_ms: int) -> dict:
         t1 = time.perf_counter()
         return {"wall_s": round(t1 - t0, 2), **{k: round(v, 2) for k, v in timings.items()},
                 "rss_open_mb": round(base), "peak_rss_mb": round(peak_rss_mb()),
-                "customers": m.n_customers, "positives": m.n_positive, "auc": m.auc, "kind": m.kind}
+                "customers": m.n_customers, "positives": m.n_positive, "auc": m.auc, "kind": m.kind,
+                "candidates": (m.quality or {}).get("candidates")}
     finally:
         await w.close()
 
@@ -322,7 +324,7 @@ def render(report: dict) -> str:
     g = report["generated"]
     lines = [f"goalstream train at scale: {g['n']:,} customers, {g.get('events', 0):,} events ({g.get('kinds', '?')} names, "
              f"{g.get('purchases', 0):,} purchases)"]
-    head = f"{'path':<44} {'wall s':>8} {'peak RSS MB':>12} {'customers':>10} {'AUC':>7}"
+    head = f"{'path':<44} {'wall s':>8} {'peak RSS MB':>12} {'customers':>10} {'AUC':>7}  {'serving':<8}"
     lines += ["", head, "-" * len(head)]
 
     def row(name: str, r: dict | None, wall_key: str = "process_wall_s") -> None:
@@ -337,7 +339,7 @@ def render(report: dict) -> str:
         auc = o.get("auc", o.get("holdout_auc"))
         cust = o.get("customers", o.get("training_customers"))
         lines.append(f"{name:<44} {r[wall_key]:>8.1f} {r['process_peak_rss_mb']:>12,} {cust or 0:>10,} "
-                     f"{'-' if auc is None else f'{auc:.4f}':>7}")
+                     f"{'-' if auc is None else f'{auc:.4f}':>7}  {o.get('kind', '?'):<8}")
 
     row("old: labelled + propensity.train (process)", report.get("old"))
     row("new: goalstream train --json (CLI process)", report.get("new"))
@@ -350,6 +352,10 @@ def render(report: dict) -> str:
         r = report.get(key)
         if r and not r.get("returncode"):
             lines.append(f"{key} phases: " + ", ".join(f"{k} {v}" for k, v in r["output"].items() if k.endswith("_s") or k.startswith("rss")))
+    phases = (report.get("new_phases") or {}).get("output")
+    if isinstance(phases, dict) and phases.get("candidates"):
+        lines.append("both kinds fitted, holdout: " + ", ".join(
+            f"{k} log-loss {c['log_loss']:.4f} AUC {c['auc']:.4f}" for k, c in phases["candidates"].items()) + f"; serving {phases['kind']}")
     if new and not new.get("returncode") and g["n"] >= 200_000:
         ok = new["process_wall_s"] < TARGET_S
         lines.append(f"target: goalstream train on {g['n']:,} customers x {KINDS} kinds < {TARGET_S:g} s: "

@@ -110,7 +110,7 @@ async def test_clickhouse_snapshot_rows_equal_the_python_snapshots(warehouse, po
     snaps = pr._snapshots(labelled, pop.design.events, _HashRng(labelled))
     mine = sorted(
         (ids[o], round(d, 9), int(lab), tuple(int(x) for x in cnt))
-        for o, d, lab, cnt in zip(rows.ord, rows.days, rows.label, rows.counts)
+        for o, d, lab, cnt in zip(rows.customer, rows.days, rows.label, rows.counts)
     )
     theirs = sorted(
         (labelled[s.customer].customer_id, round(s.days, 9), s.label, tuple(s.counts[e] for e in pop.design.events))
@@ -120,14 +120,15 @@ async def test_clickhouse_snapshot_rows_equal_the_python_snapshots(warehouse, po
     assert mine == theirs
     assert any(c[3] and c[3][0] for c in mine)  # counts are not all zero
 
-    # And the same matrix: features.matrix is design.row of every snapshot (caps included).
+    # And the same matrices: Design.matrix is design.row (tree_row) of every snapshot (caps included).
     design = pr.Design(pop.design.events, (2.0,) + (np.inf,) * (len(pop.design.events) - 1),
                        pop.design.window_days, pop.design.knots, pop.design.levels)
-    X = features.matrix(design, rows)
-    for o, d, cnt, x in zip(rows.ord, rows.days, rows.counts, X):
+    X, T = design.matrix(rows), design.matrix(rows, trees=True)
+    for o, d, cnt, x, t in zip(rows.customer, rows.days, rows.counts, X, T):
         c = by_id[ids[o]]
         counts = dict(zip(design.events, (int(v) for v in cnt)))
         assert x.tolist() == pytest.approx(design.row(counts, d, c.attributes), abs=1e-12)
+        assert t.tolist() == pytest.approx(design.tree_row(counts, d, c.attributes), abs=1e-12)
 
 
 async def test_train_through_clickhouse_gives_the_model_kind_and_counts(warehouse, population):
