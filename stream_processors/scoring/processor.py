@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import time
 from collections import OrderedDict
 from typing import Any, Callable
 
@@ -51,9 +52,11 @@ RECOMMENDED_ACTIONS = "goalstream.RecommendedNextActions"
 # cycle's customers at once, and only a rescore of more is cut in chunks.
 CHUNK = 10000
 LIVE_CHUNK = 5000
-# Within a chunk the loop is given back every this many assessments (~5 ms of Python), so
-# a chunk never holds up the sinks' inserts or the gateway's answers sharing the loop.
-YIELD_EVERY = 100
+# Within a chunk the loop is given back after this much assessing, so a chunk never holds
+# up the sinks' inserts or the gateway's answers sharing the loop. By time, not by count: an
+# assessment costs ~50 us with a logistic model and ~135 us with gbt (tests/bench/
+# model_quality.py), so a fixed count held the loop 2.7x longer once trees served.
+YIELD_AFTER_S = 0.005
 # A chunk's records are published this many goal states at a time, each send overlapping
 # the next ones' assessment (one in flight at a time: aiokafka's send_batch waits on the
 # partition's previous batch), so the first customers' changes are out before the last are
@@ -258,6 +261,7 @@ class Scorer:
         records: list[Record] = []
         sending: asyncio.Future | None = None
         published = 0  # score records among those sent, counted once the chunk is through
+        held = time.perf_counter()
         try:
             for i, s in enumerate(states):
                 if i and i % PUBLISH_EVERY == 0 and records:
@@ -266,8 +270,9 @@ class Scorer:
                     sending = asyncio.ensure_future(self.producer.publish(records, batched=True))
                     published += sum(r.topic == topics.PROPENSITY for r in records)
                     records = []
-                if i and i % YIELD_EVERY == 0:
+                if time.perf_counter() - held >= YIELD_AFTER_S:
                     await asyncio.sleep(0)
+                    held = time.perf_counter()
                 records += self._assess(s, models[s.goal.name], now, token, trigger, out)
             if sending is not None:
                 await sending
