@@ -110,6 +110,7 @@ GBT_MAX_ROWS = 400_000
 # one fit instead of CALIBRATION_FOLDS + 1, when three quarters of the data fix the model as
 # well as all of it.
 ONE_FOLD_ABOVE = 100_000
+FIT_THREADS = 1  # BLAS/OpenMP threads of a fit (see fit)
 CALIBRATION_BINS = 10
 
 
@@ -843,6 +844,22 @@ def fit(
     with both, gbt if its holdout log-loss beats the logistic model's by more than CHOICE_SE
     standard errors, else logistic. The report of the other candidate is kept in
     ``quality``. ``design``'s caps are set here, from the counts."""
+    from threadpoolctl import threadpool_limits  # scikit-learn's own dependency
+
+    # One BLAS/OpenMP thread: the fits share the cores with ClickHouse, the event loop and
+    # the other processes of the stack, and OpenMP's threads then wait on each other at every
+    # barrier. Measured on 2 busy cores: a 200-customer train inside `goalstream up` took
+    # 32 s with the default threads and 2.3 s with one (tests/bench/train_scale.py gives the
+    # figures at 200k customers).
+    with threadpool_limits(limits=FIT_THREADS):
+        return _fit(workspace, goal, design, snaps, seed=seed, min_customers=min_customers, min_per_class=min_per_class,
+                    now_ms=now_ms, kinds=kinds, timings=timings)
+
+
+def _fit(
+    workspace: str, goal: str, design: Design, snaps: Snapshots, *, seed: int, min_customers: int, min_per_class: int,
+    now_ms: int | None, kinds: Sequence[str], timings: dict[str, float] | None,
+) -> Model:
     import time
 
     n = len(snaps.customer_label)
