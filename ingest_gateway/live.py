@@ -19,6 +19,10 @@ What flows through it:
   it as ``Authorization: Bearer`` on their ``fetch`` calls to ``GET /admin/v1/live/events``
   (polled every 500 ms) and ``GET /admin/v1/goals`` (JSON, admin-token scoped: a workspace's
   admin token sees its workspace, the operator every one). The token is never in a URL.
+- ``GET /admin/v1/models`` (same scoping) answers each goal's serving model with its holdout
+  quality report (``serving_model``: the newest ``propensity_models`` row, the report read
+  out of the model's JSON in ClickHouse); the goals page draws the same report, from
+  ``GET /admin/v1/goals``'s ``model.quality``, as its fourth plot.
 
 Cost: nothing is captured until someone has asked for the feed (``Tap.armed``); a viewer
 keeps it armed for ``ARMED_S`` after its last poll.
@@ -297,10 +301,49 @@ _CALIBRATION = (
     " WHERE s.workspace = {ws:String} AND s.goal = {goal:String} AND s.scored_at < c.decided GROUP BY s.customer_id"
     ") GROUP BY decile ORDER BY decile"
 )
+# The serving model (the newest row) and its holdout report: only the report's JSON leaves
+# ClickHouse (JSONExtractRaw), never the model's trees. '' when the key is missing (FORMAT 1).
+# (m.trained_at: the column, not the string alias.)
 _MODEL = (
-    "SELECT version, kind, toString(trained_at) AS trained_at, n_customers, n_positive, base_rate, auc "
-    "FROM propensity_models WHERE workspace = {ws:String} AND goal = {goal:String} ORDER BY trained_at DESC LIMIT 1"
+    "SELECT version, kind, toString(m.trained_at) AS trained_at, toUnixTimestamp64Milli(m.trained_at) AS trained_at_ms, "
+    "n_customers, n_positive, base_rate, auc, JSONExtractRaw(model, 'quality') AS quality "
+    "FROM propensity_models AS m WHERE workspace = {ws:String} AND goal = {goal:String} ORDER BY m.trained_at DESC LIMIT 1"
 )
+
+
+def _iso(ms: int) -> str:
+    import datetime as dt
+
+    return dt.datetime.fromtimestamp(ms / 1000, dt.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _quality(row: dict[str, Any]) -> dict[str, Any]:
+    """The stored holdout report; for a model without one (base_rate, FORMAT 1) the reduced
+    report ``propensity.Model.report`` makes from the row's columns (the gateway does not
+    load the stream processors: tests/integration/test_models_endpoint.py keeps the two equal)."""
+    try:
+        quality = orjson.loads(row["quality"]) if row["quality"] else None
+    except orjson.JSONDecodeError:
+        quality = None  # a damaged report is no reason to fail the page: what the columns say
+    if isinstance(quality, dict):
+        return quality
+    return {
+        "kind": row["kind"], "trained_at": _iso(int(row["trained_at_ms"])), "n_customers": int(row["n_customers"]),
+        "n_positive": int(row["n_positive"]), "auc": row["auc"], "log_loss": None, "calibration": [], "lift_top_decile": None,
+    }
+
+
+async def serving_model(services: Any, workspace: str, goal: str) -> dict[str, Any] | None:
+    """The goal's serving model (None until one is trained): version, kind, trained_at,
+    training size, base rate, holdout AUC and ``quality`` (its holdout report)."""
+    rows = await services.read(_MODEL, {"ws": workspace, "goal": goal})
+    if not rows:
+        return None
+    r = rows[0]
+    return {
+        "version": r["version"], "kind": r["kind"], "trained_at": r["trained_at"], "n_customers": int(r["n_customers"]),
+        "n_positive": int(r["n_positive"]), "base_rate": float(r["base_rate"]), "auc": r["auc"], "quality": _quality(r),
+    }
 
 
 async def goal_figures(services: Any, workspace: str, goal: str) -> dict[str, Any]:
@@ -308,7 +351,7 @@ async def goal_figures(services: Any, workspace: str, goal: str) -> dict[str, An
     conversion = await services.read(_CONVERSION, p)
     histogram = {int(r["bin"]): int(r["n"]) for r in await services.read(_HISTOGRAM, p)}
     calibration = await services.read(_CALIBRATION, p)
-    model = await services.read(_MODEL, p)
+    model = await serving_model(services, workspace, goal)
     return {
         "workspace": workspace, "goal": goal,
         "conversion": [{"day": r["day"], "entered": r["entered"], "reached": r["reached"],
@@ -316,7 +359,7 @@ async def goal_figures(services: Any, workspace: str, goal: str) -> dict[str, An
         "histogram": {"bins": HISTOGRAM_BINS, "counts": [histogram.get(i, 0) for i in range(HISTOGRAM_BINS)]},
         "calibration": [{"decile": int(r["decile"]), "predicted": float(r["predicted"]), "observed": float(r["observed"]),
                          "n": int(r["n"])} for r in calibration],
-        "model": ({**model[0], "auc": model[0]["auc"]} if model else None),
+        "model": model,
     }
 
 
@@ -347,19 +390,25 @@ def add_routes(app: web.Application, services: Any, dialects: list[Any], scope_o
         got = await tap.feed(None if scope.operator else scope.workspace, after)
         return web.Response(body=orjson.dumps(got), content_type="application/json", headers={"Cache-Control": "no-store"})
 
-    async def goals(request: web.Request) -> web.Response:
+    def visible_goals(request: web.Request) -> list[tuple[str, str]]:
+        """(workspace, goal) of each configured goal the token sees, or only ``?goal=`` (a
+        name it does not see: none)."""
         scope = require(request)
         config = services.config
         wanted = request.query.get("goal") or None
-        out = []
-        for ws in config.workspaces:
-            if not scope.operator and ws.name != scope.workspace:
-                continue
-            for g in config.goals_of(ws.name):
-                if wanted is None or g.name == wanted:
-                    out.append(await goal_figures(services, ws.name, g.name))
-        return web.Response(body=orjson.dumps({"data": out, "object": "goals"}), content_type="application/json",
-                            headers={"Cache-Control": "no-store"})
+        return [(ws.name, g.name) for ws in config.workspaces if scope.operator or ws.name == scope.workspace
+                for g in config.goals_of(ws.name) if wanted is None or g.name == wanted]
+
+    def answer(body: dict[str, Any]) -> web.Response:
+        return web.Response(body=orjson.dumps(body), content_type="application/json", headers={"Cache-Control": "no-store"})
+
+    async def goals(request: web.Request) -> web.Response:
+        out = [await goal_figures(services, ws, g) for ws, g in visible_goals(request)]
+        return answer({"data": out, "object": "goals"})
+
+    async def models(request: web.Request) -> web.Response:
+        out = [{"workspace": ws, "goal": g, "model": await serving_model(services, ws, g)} for ws, g in visible_goals(request)]
+        return answer({"data": out, "object": "models"})
 
     async def page(request: web.Request) -> web.Response:
         html = LIVE_HTML if request.path == "/live" else GOALS_HTML
@@ -373,6 +422,7 @@ def add_routes(app: web.Application, services: Any, dialects: list[Any], scope_o
     app.router.add_get("/goals", page)
     app.router.add_get("/admin/v1/live/events", events)
     app.router.add_get("/admin/v1/goals", goals)
+    app.router.add_get("/admin/v1/models", models)
     return tap
 
 
@@ -391,6 +441,7 @@ pre{background:#f0f2f5;margin:0;padding:6px;max-height:220px;overflow:auto;white
 .label{font-size:11px;color:#667;margin:2px 0} #login{background:#fff;padding:16px;border:1px solid #d8dce3;max-width:420px}
 .goal{background:#fff;border:1px solid #d8dce3;border-radius:4px;padding:10px;margin-bottom:12px}
 .plots{display:flex;gap:14px;flex-wrap:wrap} .plot{border:1px solid #eee} .auc{font-size:15px;font-weight:bold}
+.quality{color:#445;margin:6px 0}
 </style></head><body><header><h1>goalstream</h1><a href="/live">Live events</a><a href="/goals">Goals</a>
 <span id="who"></span><button id="logout" style="display:none">Log out</button></header><main>
 <form id="login" style="display:none"><p>Admin token (a workspace's <code>admin_token</code>, the operator token
@@ -470,6 +521,26 @@ function calibration(c){const s=plot('calibration','Calibration: observed vs pre
  for(const d of c)s.append(svg('circle',{cx:X(d.predicted),cy:Y(d.observed),r:3+Math.min(5,Math.log10(1+d.n)*2),fill:'#d9822b','data-n':d.n}));
  if(!c.length){const t=svg('text',{x:W/2,y:H/2,'text-anchor':'middle',fill:'#889'});t.textContent='no customer with a known outcome yet';s.append(t)}
  return s}
+function num(v,d){return v==null?'n/a':(+v).toFixed(d)}
+// The serving model's holdout report (made at training): its 10 calibration bins, mean
+// predicted vs observed rate, each point sized by its holdout snapshots.
+function quality(m){const q=m&&m.quality,c=q&&q.calibration?q.calibration.filter(b=>b.count&&b.mean_predicted!=null):[];
+ const s=plot('quality','Model quality: holdout calibration (10 bins)');axes(s,'mean predicted (holdout)','observed rate');
+ const X=v=>P+v*(W-P-12),Y=v=>H-P-v*(H-2*P);
+ s.append(svg('line',{x1:X(0),y1:Y(0),x2:X(1),y2:Y(1),stroke:'#bbb','stroke-dasharray':'4 3'}));
+ if(c.length)s.append(svg('polyline',{points:c.map(b=>X(b.mean_predicted)+','+Y(b.observed_rate)).join(' '),fill:'none',stroke:'#7a4fd0','stroke-width':2}));
+ for(const b of c)s.append(svg('circle',{cx:X(b.mean_predicted),cy:Y(b.observed_rate),r:3+Math.min(5,Math.log10(1+b.count)*1.5),
+  fill:'#7a4fd0','fill-opacity':0.8,'data-count':b.count,'data-bin':(b.bin||[]).join('-')}));
+ if(!c.length){const t=svg('text',{x:W/2,y:H/2,'text-anchor':'middle',fill:'#889'});
+  t.textContent=!m?'no model trained yet':'no holdout report: '+m.kind+' model ('+(m.kind==='base_rate'?'too few customers of each outcome':'trained before reports were kept')+')';
+  s.append(t)}
+ return s}
+function qualityLine(m){const q=m&&m.quality;if(!q)return 'model quality: no model trained yet';
+ let t='model quality: '+q.kind+' · holdout AUC '+num(q.auc,3)+' · log-loss '+num(q.log_loss,4)+' · lift at top decile '+num(q.lift_top_decile,2)+
+  ' · trained on '+q.n_customers+' customers ('+q.n_positive+' reached'+(q.n_holdout_customers!=null?', '+q.n_holdout_customers+' holdout customers':'')+') on '+q.trained_at;
+ const others=Object.entries(q.candidates||{}).filter(([k])=>k!==q.kind);
+ if(others.length)t+=' · chosen over '+others.map(([k,v])=>k+' '+num(v.log_loss,4)).join(', ')+' (holdout log-loss)';
+ return t}
 function start(){api('/admin/v1/goals').then(got=>{const root=document.getElementById('goals');root.replaceChildren();
  if(!got.data.length)root.append(el('p',{},'no goal configured in the workspaces this token sees'));
  for(const g of got.data){const m=g.model;
@@ -478,8 +549,8 @@ function start(){api('/admin/v1/goals').then(got=>{const root=document.getElemen
   const rates=g.conversion.map(r=>r.rate==null?0:r.rate);
   const plots=el('div',{class:'plots'},bars('conversion','Conversion per cohort (day entered)',rates.map(r=>Math.round(r*1000)/1000),
    (g.conversion[0]?g.conversion[0].day:'')+' … '+(g.conversion.length?g.conversion[g.conversion.length-1].day:''),'reached / entered','#2e6fd9'),
-   bars('histogram','Propensity distribution (current)',g.histogram.counts,'likelihood 0 … 1','customers','#2e9d5b'),calibration(g.calibration));
-  box.append(plots,el('pre',{class:'table'},g.conversion.map(r=>r.day+'  entered '+r.entered+'  reached '+r.reached).join('\\n')||'no cohort yet'));
+   bars('histogram','Propensity distribution (current)',g.histogram.counts,'likelihood 0 … 1','customers','#2e9d5b'),calibration(g.calibration),quality(m));
+  box.append(plots,el('div',{class:'quality'},qualityLine(m)),el('pre',{class:'table'},g.conversion.map(r=>r.day+'  entered '+r.entered+'  reached '+r.reached).join('\\n')||'no cohort yet'));
   root.append(box)}
  document.body.setAttribute('data-ready','1')}).catch(e=>{document.getElementById('goals').textContent='could not load: '+e})}
 boot();
