@@ -844,6 +844,9 @@ def fit(
     with both, gbt if its holdout log-loss beats the logistic model's by more than CHOICE_SE
     standard errors, else logistic. The report of the other candidate is kept in
     ``quality``. ``design``'s caps are set here, from the counts."""
+    # Loaded first: threadpoolctl limits the BLAS/OpenMP runtimes loaded when it is entered.
+    import sklearn.ensemble  # noqa: F401
+    import sklearn.linear_model  # noqa: F401
     from threadpoolctl import threadpool_limits  # scikit-learn's own dependency
 
     # One BLAS/OpenMP thread: the fits share the cores with ClickHouse, the event loop and

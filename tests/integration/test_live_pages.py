@@ -179,10 +179,7 @@ def check_screenshot(data: bytes, min_colours: int) -> tuple[int, int, int]:
 
 @pytest.fixture(scope="module")
 def goal_stack(tmp_path_factory):
-    # One OpenMP thread for scikit-learn's training in the stack: on a 2-core machine its
-    # threads contend with the stack's own (chDB, the broker, the fronts), and a 200-customer
-    # train measured 32 s instead of 2 s. What this test checks is the pages, not that.
-    s = StackProcess(tmp_path_factory.mktemp("live"), config=globex_config() + GOAL, env={"OMP_NUM_THREADS": "1"}).start()
+    s = StackProcess(tmp_path_factory.mktemp("live"), config=globex_config() + GOAL).start()
     yield s
     s.close()
 

@@ -13,7 +13,6 @@ import json
 import uuid
 
 import pytest
-import threadpoolctl
 from aiohttp.test_utils import TestClient, TestServer
 
 from ingest_gateway.app import create_app
@@ -52,13 +51,7 @@ def bearer(token: str) -> dict[str, str]:
 @functools.cache
 def trained() -> pr.Model:
     pop = population.generate(400, 0, seed=3, now_ms=NOW)
-    # One OpenMP thread: on a 2-core machine the gbt fit's threads contend with chDB's in
-    # this process (measured 79 s instead of 3 s for this train). sklearn.ensemble first, so
-    # its OpenMP runtime is loaded when the limit is set.
-    import sklearn.ensemble  # noqa: F401
-
-    with threadpoolctl.threadpool_limits(1):
-        return pr.train(WS_A, "trained", 30, list(pop.truth.actions), population.labelled(pop, 30), seed=3, now_ms=NOW)
+    return pr.train(WS_A, "trained", 30, list(pop.truth.actions), population.labelled(pop, 30), seed=3, now_ms=NOW)
 
 
 @pytest.fixture(scope="module")
