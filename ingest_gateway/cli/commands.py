@@ -16,9 +16,7 @@ import asyncio
 import json
 import logging
 import sys
-import urllib.error
 import urllib.parse
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -277,15 +275,14 @@ def _train(settings: WorkerSettings, config: GoalstreamConfig, goal: str | None,
             results = []
             names = list(dict.fromkeys(g.name for g in config.goals if goal is None or g.name == goal))
             for i, name in enumerate(names, 1):
-                url = f"{info['url']}/admin/v1/train?goal={urllib.parse.quote(name)}"
-                req = urllib.request.Request(url, data=b"", method="POST", headers={"Authorization": f"Bearer {info['token']}"})
-                with Spinner(f"training goal {name} ({i}/{len(names)})"), urllib.request.urlopen(req, timeout=3600) as resp:
-                    results.extend(json.loads(resp.read())["data"])
+                with Spinner(f"training goal {name} ({i}/{len(names)})"):
+                    body = runfile.call(info, "POST", f"/admin/v1/train?goal={urllib.parse.quote(name)}", b"", timeout=3600)
+                results.extend(json.loads(body)["data"])
         else:
             with Spinner("training"):
                 results = asyncio.run(_train_direct(settings, config, goal))
-    except urllib.error.HTTPError as exc:
-        print(f"goalstream train: {exc.read().decode(errors='replace')}", file=sys.stderr)
+    except runfile.StackRefused as exc:
+        print(f"goalstream train: {exc}", file=sys.stderr)
         return 1
     except Exception as exc:
         print(f"goalstream train: {type(exc).__name__}: {exc}", file=sys.stderr)
@@ -316,6 +313,13 @@ def _train(settings: WorkerSettings, config: GoalstreamConfig, goal: str | None,
         else:
             line += "; running workers rescore active customers when they pick it up"
         print(line)
+        bins = [b for b in q.get("calibration") or () if b.get("count")]
+        if bins:
+            # The rest of the report, indented under its goal: when and on what it was
+            # measured, and the holdout calibration (mean predicted -> observed rate per bin).
+            print(f"  trained {q.get('trained_at')}, holdout {q.get('n_holdout_customers')} customers "
+                  f"({q.get('n_holdout_snapshots')} snapshots); calibration, predicted -> observed (count): "
+                  + ", ".join(f"{b['mean_predicted']:.3f} -> {b['observed_rate']:.3f} ({b['count']})" for b in bins))
     return 0
 
 
