@@ -110,7 +110,7 @@ GBT_MAX_ROWS = 400_000
 # one fit instead of CALIBRATION_FOLDS + 1, when three quarters of the data fix the model as
 # well as all of it.
 ONE_FOLD_ABOVE = 100_000
-FIT_THREADS = 1  # BLAS/OpenMP threads of a fit (see fit)
+FIT_THREADS = 1  # BLAS/OpenMP threads of a fit of at most ONE_FOLD_ABOVE snapshots (see fit)
 CALIBRATION_BINS = 10
 
 
@@ -849,12 +849,14 @@ def fit(
     import sklearn.linear_model  # noqa: F401
     from threadpoolctl import threadpool_limits  # scikit-learn's own dependency
 
-    # One BLAS/OpenMP thread: the fits share the cores with ClickHouse, the event loop and
-    # the other processes of the stack, and OpenMP's threads then wait on each other at every
-    # barrier. Measured on 2 busy cores: a 200-customer train inside `goalstream up` took
-    # 32 s with the default threads and 2.3 s with one (tests/bench/train_scale.py gives the
-    # figures at 200k customers).
-    with threadpool_limits(limits=FIT_THREADS):
+    # A small fit runs on one BLAS/OpenMP thread: it shares the cores with ClickHouse, the
+    # event loop and the stack's other processes, and its many short parallel regions each
+    # wait at a barrier for a thread the OS has descheduled. Measured on 2 busy cores: a
+    # 200-customer train inside `goalstream up` 32 s with the default threads, 2.3 s with
+    # one. A large fit's regions are long: at 200k customers on 2 idle cores the fits took
+    # 17.5 s with both threads against 25 s with one, and about the same either way on busy
+    # cores, so it keeps them.
+    with threadpool_limits(limits=FIT_THREADS if len(snaps.days) <= ONE_FOLD_ABOVE else None):
         return _fit(workspace, goal, design, snaps, seed=seed, min_customers=min_customers, min_per_class=min_per_class,
                     now_ms=now_ms, kinds=kinds, timings=timings)
 
