@@ -14,9 +14,8 @@ over the whole window for everyone matters: drawing it in [entered, reached_at) 
 crowd converters' snapshots into the early days and inflate the predicted rate there.
 
 Two model kinds are fitted on the same snapshots, and the one with the lower holdout
-log-loss serves (``train``; gbt only if it is lower by more than ``CHOICE_SE`` standard
-errors, paired over holdout customers, so a population the logistic model describes keeps
-the simpler model):
+log-loss serves (``fit``; a tie keeps logistic; the paired standard error of the difference
+is reported with it):
 
 - ``logistic``: an L2 logistic regression (scikit-learn) on standardized features: counts
   of each configured action and of the most frequent other events (clipped at a high
@@ -98,9 +97,12 @@ KINDS = ("logistic", "gbt")  # the trained kinds train() chooses between
 GBT_MAX_TREES = 150
 GBT_PARAMS = dict(learning_rate=0.1, max_leaf_nodes=15, min_samples_leaf=40, l2_regularization=1.0)
 # gbt serves only if its holdout log-loss is lower than the logistic model's by more than
-# this many standard errors of the paired difference (per holdout customer): on a population
-# the logistic model describes, the simpler model keeps serving.
-CHOICE_SE = 2.0
+# this many standard errors of the paired difference (per holdout customer). 0: the lower
+# log-loss serves. 2 was tried first, to keep the simpler model where both are as good; on
+# NONLINEAR_2 at 3,000 customers it kept logistic for 4 of 9 seeds (gains of 0.7-1.8
+# standard errors), which then trailed a plain gradient-boosting reference by 0.013-0.038
+# Spearman. On the linear populations gbt's log-loss is higher anyway (logistic serves).
+CHOICE_SE = 0.0
 # The trees fit at most this many training snapshots (a random subset of the training
 # customers above it): measured on 2 cores, one fit of 150 trees on 300k rows x 32 columns
 # takes 3.6 s idle.
@@ -841,8 +843,8 @@ def fit(
     timings: dict[str, float] | None = None,
 ) -> Model:
     """Fit each of ``kinds`` (default both) on the snapshots and return the one that serves:
-    with both, gbt if its holdout log-loss beats the logistic model's by more than CHOICE_SE
-    standard errors, else logistic. The report of the other candidate is kept in
+    with both, gbt if its holdout log-loss is lower than the logistic model's (by more than
+    CHOICE_SE standard errors), else logistic. The report of the other candidate is kept in
     ``quality``. ``design``'s caps are set here, from the counts."""
     # Loaded first: threadpoolctl limits the BLAS/OpenMP runtimes loaded when it is entered.
     import sklearn.ensemble  # noqa: F401
@@ -901,7 +903,8 @@ def _fit(
     n_hold = len(set(cust_hold.tolist()))
     reports = {k: _quality(k, y_hold, fit["p_hold"], trained, n, n_pos, n_hold) for k, fit in fits.items()}
     kind = kinds[0]
-    choice: dict[str, Any] = {"rule": f"gbt if its holdout log-loss is lower by more than {CHOICE_SE:g} standard errors"}
+    choice: dict[str, Any] = {"rule": f"gbt if its holdout log-loss is lower by more than {CHOICE_SE:g} standard errors"
+                              if CHOICE_SE else "the lower holdout log-loss (a tie: logistic)"}
     if len(fits) == 2 and len(y_hold):
         # Paired over holdout customers (a customer's snapshots are not independent).
         diff = _log_loss_rows(y_hold, fits["logistic"]["p_hold"]) - _log_loss_rows(y_hold, fits["gbt"]["p_hold"])
