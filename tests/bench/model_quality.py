@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--truth", choices=[*TRUTHS, "all"], default="all")
     args = ap.parse_args(argv)
     print(f"{args.train} training customers, {args.score} scored; truth: p_true of the scoring cohort\n")
-    print(f"{'population':<12} {'seed':>4}  {'model':<16} {'spearman':>8} {'MAE':>7}")
+    print(f"{'population':<12} {'seed':>4}  {'model':<17} {'spearman':>8} {'MAE':>7}")
     infos = []
     for name, truth in TRUTHS.items():
         if args.truth not in ("all", name):
@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         for seed in args.seeds:
             rows, info = run(name, truth, args.train, args.score, seed)
             for pop, s, label, rho, mae in rows:
-                print(f"{pop:<12} {s:>4}  {label:<16} {rho:>8.4f} {mae:>7.4f}")
+                print(f"{pop:<12} {s:>4}  {label:<17} {rho:>8.4f} {mae:>7.4f}")
             ll = ", ".join(f"{k} {v:.4f}" for k, v in info["log_loss"].items())
             print(f"{'':<18} holdout log-loss {ll}; {info['trees']} trees; train (both kinds) {info['train_s']:.1f}s")
             infos.append((name, seed, info))
