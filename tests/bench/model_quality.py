@@ -1,12 +1,13 @@
 """The propensity model against a known truth: the served model next to a same-run plain
 gradient-boosting reference and the logistic model alone, and the per-score cost of each kind.
 
-What flows: ``tests.sim.population.generate`` (a truth: ``NONLINEAR`` and the linear
-``Truth()``) -> the training cohort as ``Labelled`` -> ``propensity.train`` three ways: as
+What flows: ``tests.sim.population.generate`` (a truth: ``NONLINEAR``, ``NONLINEAR_2`` and
+the linear ``Truth()``) -> the training cohort as ``Labelled`` -> ``propensity.train`` three ways: as
 served (both kinds, chosen by holdout log-loss), logistic only (the model before model
 kinds) and, as the reference, scikit-learn's ``HistGradientBoostingClassifier()`` with its
 defaults, fitted on one row per training customer (each event's count and the plan, i.e.
-what the scoring cohort has visible) -> the scoring cohort (signed up 2.1-2.9 days ago, all
+what the scoring cohort has visible: ``visible`` and ``hgb_reference``, which the end-to-end
+test tests/integration/test_goals_nonlinear.py uses too) -> the scoring cohort (signed up 2.1-2.9 days ago, all
 events done, outcome pending) scored by each and compared with ``p_true``: Spearman and the
 mean absolute error. Then the cost of ``likelihood``, ``drivers`` and ``action_gains`` per
 call (pure Python, what the hot path runs per customer and goal).
@@ -33,7 +34,23 @@ from stream_processors.scoring import propensity as pr  # noqa: E402
 from tests.sim import population  # noqa: E402
 
 NOW = 1_750_000_000_000
-TRUTHS = {"non-linear": population.NONLINEAR, "linear": population.Truth()}
+TRUTHS = {"non-linear": population.NONLINEAR, "non-linear-2": population.NONLINEAR_2, "linear": population.Truth()}
+
+
+def visible(c: population.Customer, truth: population.Truth, now_ms: int) -> list[float]:
+    """What the reference sees of a customer: each simulated event's count inside the window
+    (for a scoring customer: so far, at now_ms), and the plan as 0/1."""
+    counts = population.features_now(c, now_ms, window_days=truth.window_days, target=truth.target).counts
+    return [float(counts.get(e.name, 0)) for e in truth.events] + [float(c.plan == truth.plan)]
+
+
+def hgb_reference(pop: population.Population, seed: int) -> HistGradientBoostingClassifier:
+    """A plain HistGradientBoostingClassifier (defaults) fitted on one row per training
+    customer: visible counts -> reached the target inside the window."""
+    truth = pop.truth
+    outcomes = [lab.reached_at_ms is not None for lab in population.labelled(pop, truth.window_days)]
+    rows = [visible(c, truth, pop.now_ms) for c in pop.cohort("train")]
+    return HistGradientBoostingClassifier(random_state=seed).fit(rows, outcomes)
 
 
 def _per_call_us(fn, items, repeat: int = 3) -> float:
@@ -55,13 +72,7 @@ def run(name: str, truth: population.Truth, n_train: int, n_score: int, seed: in
     train_s = time.perf_counter() - started
     logistic = pr.train("acme", truth.goal, truth.window_days, actions, labelled, seed=seed, now_ms=NOW, kinds=("logistic",))
     gbt = pr.train("acme", truth.goal, truth.window_days, actions, labelled, seed=seed, now_ms=NOW, kinds=("gbt",))
-    names = [e.name for e in truth.events]
-
-    def visible(c: population.Customer) -> list[float]:
-        return [float(c.counts[n]) for n in names] + [float(c.plan == truth.plan)]
-
-    outcomes = [lab.reached_at_ms is not None for lab in labelled]
-    reference = HistGradientBoostingClassifier(random_state=seed).fit([visible(c) for c in pop.cohort("train")], outcomes)
+    reference = hgb_reference(pop, seed)
 
     scoring = pop.cohort("score")
     p_true = np.array([c.p_true for c in scoring])
@@ -69,7 +80,7 @@ def run(name: str, truth: population.Truth, n_train: int, n_score: int, seed: in
     rows = []
     for label, p in (
         (f"served ({served.kind})", np.array([served.likelihood(f) for f in feats])),
-        ("HGB reference", reference.predict_proba([visible(c) for c in scoring])[:, 1]),
+        ("HGB reference", reference.predict_proba([visible(c, truth, NOW) for c in scoring])[:, 1]),
         ("logistic only", np.array([logistic.likelihood(f) for f in feats])),
     ):
         rows.append((name, seed, label, float(spearmanr(p, p_true).statistic), float(np.mean(np.abs(p - p_true)))))
@@ -98,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--truth", choices=[*TRUTHS, "all"], default="all")
     args = ap.parse_args(argv)
     print(f"{args.train} training customers, {args.score} scored; truth: p_true of the scoring cohort\n")
-    print(f"{'population':<11} {'seed':>4}  {'model':<16} {'spearman':>8} {'MAE':>7}")
+    print(f"{'population':<12} {'seed':>4}  {'model':<17} {'spearman':>8} {'MAE':>7}")
     infos = []
     for name, truth in TRUTHS.items():
         if args.truth not in ("all", name):
@@ -106,16 +117,16 @@ def main(argv: list[str] | None = None) -> int:
         for seed in args.seeds:
             rows, info = run(name, truth, args.train, args.score, seed)
             for pop, s, label, rho, mae in rows:
-                print(f"{pop:<11} {s:>4}  {label:<16} {rho:>8.4f} {mae:>7.4f}")
+                print(f"{pop:<12} {s:>4}  {label:<17} {rho:>8.4f} {mae:>7.4f}")
             ll = ", ".join(f"{k} {v:.4f}" for k, v in info["log_loss"].items())
-            print(f"{'':<17} holdout log-loss {ll}; {info['trees']} trees; train (both kinds) {info['train_s']:.1f}s")
+            print(f"{'':<18} holdout log-loss {ll}; {info['trees']} trees; train (both kinds) {info['train_s']:.1f}s")
             infos.append((name, seed, info))
     print("\nper-call cost (us, pure Python, best of 3 over the scoring cohort)")
-    print(f"{'population':<11} {'seed':>4}  {'kind':<9} {'likelihood':>10} {'drivers':>8} {'gains':>7} {'json KiB':>9}")
+    print(f"{'population':<12} {'seed':>4}  {'kind':<9} {'likelihood':>10} {'drivers':>8} {'gains':>7} {'json KiB':>9}")
     for name, seed, info in infos:
         for kind, c in info["cost"].items():
             print(
-                f"{name:<11} {seed:>4}  {kind:<9} {c['likelihood']:>10.1f} {c['drivers']:>8.1f} {c['action_gains']:>7.1f} {c['json_kb']:>9.1f}"
+                f"{name:<12} {seed:>4}  {kind:<9} {c['likelihood']:>10.1f} {c['drivers']:>8.1f} {c['action_gains']:>7.1f} {c['json_kb']:>9.1f}"
             )
     return 0
 

@@ -92,12 +92,13 @@ def read_topic(stack, topic: str) -> list[dict]:
     return asyncio.run(go())
 
 
-async def served(url: str, ids: list[str]) -> dict[str, dict]:
+async def served(url: str, ids: list[str], goal: str = GOAL) -> dict[str, dict]:
+    """GET recommended-next-actions for each customer: {id: {"body", "model" (the X-Goalstream-Model header)}}."""
     sem = asyncio.Semaphore(8)
     out = {}
     async with aiohttp.ClientSession(headers=TOKEN) as s:
         async def one(cid: str) -> None:
-            async with sem, s.get(f"{url}/api/v1/recommended-next-actions", params={"customer_id": cid, "goal_name": GOAL}) as r:
+            async with sem, s.get(f"{url}/api/v1/recommended-next-actions", params={"customer_id": cid, "goal_name": goal}) as r:
                 assert r.status == 200, await r.text()
                 out[cid] = {"body": await r.json(), "model": r.headers["X-Goalstream-Model"]}
 

@@ -7,10 +7,13 @@ Flow: ``Truth`` (the ground-truth parameters) -> ``generate`` -> ``Population`` 
 through the public API). Pure: no I/O, deterministic for a seed.
 
 Ground truth: each customer does each event a Poisson number of times at uniform times in
-their first ``active_days``; p_true = sigmoid(intercept + beta_plan*[plan] + sum effect_e(n_e)),
-where effect_e(n) = (beta_e + plan_beta_e*[plan]) * min(n, saturate_at_e): linear by default
-(``Truth()``), non-linear in ``NONLINEAR`` (saturating effects, a negative action, an action
-that matters only on one plan);
+their first ``active_days``; p_true = sigmoid(intercept + beta_plan*[plan] + sum effect_e(n_e)
++ sum pair_beta_e*[n_e >= 1 and n_with_e >= 1]), where effect_e(n) = (beta_e +
+plan_beta_e*[plan]) * min(n, saturate_at_e), or with a threshold k_e the step
+(beta_e + plan_beta_e*[plan]) * [n >= k_e]: linear by default (``Truth()``), non-linear in
+``NONLINEAR`` (saturating effects, a negative action, an action that matters only on one
+plan) and in ``NONLINEAR_2`` (a threshold, an interaction of two events, a negative step,
+an action that matters only off the plan);
 with probability p_true they do the target at entry + U(convert_from_days, window_days).
 The training cohort signed up long enough ago that the window is over (outcome known); the
 scoring cohort has done all its events but cannot have converted yet, so p_true is exactly
@@ -36,9 +39,25 @@ class EventTruth:
     mean_count: float  # Poisson mean of occurrences
     saturate_at: int | None = None  # occurrences beyond this add nothing
     plan_beta: float = 0.0  # added to beta for customers on Truth.plan (an interaction)
+    # A step: the event adds beta (+ plan_beta) once, when done at least this many times,
+    # and nothing below it (so it cannot also saturate).
+    threshold: int | None = None
+    # An interaction of two events: pair_beta more log-odds when this event and with_event
+    # both occur at least once (on top of each one's own effect).
+    with_event: str | None = None
+    pair_beta: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.threshold is not None and (self.threshold < 1 or self.saturate_at is not None):
+            raise ValueError("threshold must be >= 1, and a step cannot also saturate")
+        if self.pair_beta and self.with_event is None:
+            raise ValueError("pair_beta needs with_event")
 
     def effect(self, n: int, on_plan: bool) -> float:
-        k = n if self.saturate_at is None else min(n, self.saturate_at)
+        if self.threshold is not None:
+            k = 1 if n >= self.threshold else 0
+        else:
+            k = n if self.saturate_at is None else min(n, self.saturate_at)
         return (self.beta + (self.plan_beta if on_plan else 0.0)) * k
 
 
@@ -66,7 +85,11 @@ class Truth:
     def logit(self, plan: str, counts: dict[str, int]) -> float:
         on = plan == self.plan
         z = self.intercept + (self.plan_beta if on else 0.0)
-        return z + sum(e.effect(counts.get(e.name, 0), on) for e in self.events)
+        z += sum(e.effect(counts.get(e.name, 0), on) for e in self.events)
+        # Pairs: each event that names a partner adds pair_beta when both were done.
+        return z + sum(
+            e.pair_beta for e in self.events if e.with_event is not None and counts.get(e.name, 0) >= 1 and counts.get(e.with_event, 0) >= 1
+        )
 
     def p(self, plan: str, counts: dict[str, int]) -> float:
         return 1.0 / (1.0 + math.exp(-self.logit(plan, counts)))
@@ -95,6 +118,29 @@ NONLINEAR = Truth(
     plan_beta=0.0,
     other_plan="Solo",
     intercept=-2.6,
+)
+
+
+# A second non-linear truth, with shapes NONLINEAR lacks: dashboards matter only from the
+# third one on (a threshold), a payment method helps more together with a dashboard (an
+# interaction of two events), one cancel request is a negative step (more add nothing), and
+# exporting a report helps on the Free plan only (the plan cancels it on Business, which
+# itself converts more).
+NONLINEAR_2 = Truth(
+    goal="30-day Upgrade",
+    events=(
+        EventTruth("Create Dashboard", 1.6, 2.0, threshold=3),
+        EventTruth("Add Payment Method", 0.5, 0.6, saturate_at=1, with_event="Create Dashboard", pair_beta=1.3),
+        EventTruth("Cancel Request", -1.8, 0.35, saturate_at=1),
+        EventTruth("Export Report", 0.6, 1.0, saturate_at=2, plan_beta=-0.6),
+        EventTruth("View Docs", 0.0, 2.5),
+    ),
+    actions=("Create Dashboard", "Add Payment Method", "Export Report"),
+    plan="Business",
+    plan_share=0.4,
+    plan_beta=0.7,
+    other_plan="Free",
+    intercept=-2.3,
 )
 
 

@@ -1,6 +1,6 @@
-"""The model choice on a non-linear population (``tests.sim.population.NONLINEAR``): the served
-model against a same-run plain HistGradientBoostingClassifier reference and the logistic
-model; tree drivers (a negative action reported as such), tree storage without pickles,
+"""The model choice on non-linear populations (``tests.sim.population.NONLINEAR`` and
+``NONLINEAR_2``): the served model against a same-run plain HistGradientBoostingClassifier
+reference and the logistic model; tree drivers (a negative action reported as such), tree storage without pickles,
 the quality report, and FORMAT 1 models still loading. Figures print with ``pytest -s``."""
 
 from __future__ import annotations
@@ -17,29 +17,29 @@ from sklearn.ensemble import HistGradientBoostingClassifier
 
 from stream_processors.scoring import processor
 from stream_processors.scoring import propensity as pr
+from tests.bench.model_quality import hgb_reference, visible
 from tests.sim import population
 
 NOW = 1_750_000_000_000
 TRUTH = population.NONLINEAR
 ACTIONS = list(TRUTH.actions)
-NAMES = [e.name for e in TRUTH.events]
+TRUTHS = {"NONLINEAR": population.NONLINEAR, "NONLINEAR_2": population.NONLINEAR_2}
 
 
-def visible(c: population.Customer) -> list[float]:
-    """What the reference sees: each event's count in the window so far, and the plan."""
-    return [float(c.counts[n]) for n in NAMES] + [float(c.plan == TRUTH.plan)]
+def _nonlinear(seed: int = 7, truth: str = "NONLINEAR", n_train: int = 3000, n_score: int = 500) -> dict:
+    return _trained(seed, truth, n_train, n_score)  # positional: one cache entry per case, however it is called
 
 
 @functools.cache
-def _nonlinear(seed: int = 7) -> dict:
-    pop = population.generate(3000, 500, seed=seed, now_ms=NOW, params=TRUTH)
+def _trained(seed: int, truth: str, n_train: int, n_score: int) -> dict:
+    t = TRUTHS[truth]
+    pop = population.generate(n_train, n_score, seed=seed, now_ms=NOW, params=t)
     labelled = population.labelled(pop, 30)
     started = time.perf_counter()
-    served = pr.train("acme", TRUTH.goal, 30, ACTIONS, labelled, seed=seed, now_ms=NOW)
+    served = pr.train("acme", t.goal, 30, list(t.actions), labelled, seed=seed, now_ms=NOW)
     train_s = time.perf_counter() - started
-    logistic = pr.train("acme", TRUTH.goal, 30, ACTIONS, labelled, seed=seed, now_ms=NOW, kinds=("logistic",))
-    outcomes = [lab.reached_at_ms is not None for lab in labelled]
-    reference = HistGradientBoostingClassifier(random_state=seed).fit([visible(c) for c in pop.cohort("train")], outcomes)
+    logistic = pr.train("acme", t.goal, 30, list(t.actions), labelled, seed=seed, now_ms=NOW, kinds=("logistic",))
+    reference = hgb_reference(pop, seed)  # the same reference as tests/bench/model_quality.py
     return {"pop": pop, "served": served, "logistic": logistic, "reference": reference, "train_s": train_s}
 
 
@@ -47,23 +47,41 @@ def _fit(p: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
     return float(spearmanr(p, truth).statistic), float(np.mean(np.abs(p - truth)))
 
 
-def test_nonlinear_population_is_served_by_trees_at_least_as_well_as_the_reference():
-    r = _nonlinear()
+# (truth, seed, training customers, scored): NONLINEAR_2 at NONLINEAR's size and seed, and at
+# the bench's size and first seed. At 3,000 customers the choice rule (gbt only if better by
+# more than CHOICE_SE = 2 standard errors of the holdout log-loss) kept logistic for 4 of 9
+# seeds measured (1, 2, 4, 7: 0.7-1.8 standard errors), and logistic then trails the reference
+# by 0.013-0.038 Spearman: the must-show fails there. Strict, so the case fails as soon as the
+# rule is fixed and the marker has to go.
+CHOICE_TOO_STRICT = pytest.mark.xfail(
+    strict=True, reason="NONLINEAR_2 seed 7, 3,000 customers: the gbt holdout log-loss gain is 0.92 standard errors, "
+                        "under CHOICE_SE = 2, so logistic serves and trails the reference (stream_processors/scoring/propensity.py)")
+CASES = [
+    pytest.param("NONLINEAR", 7, 3000, 500, id="NONLINEAR-7-3000"),
+    pytest.param("NONLINEAR_2", 7, 3000, 500, id="NONLINEAR_2-7-3000", marks=CHOICE_TOO_STRICT),
+    pytest.param("NONLINEAR_2", 1, 5000, 1000, id="NONLINEAR_2-1-5000"),
+]
+
+
+@pytest.mark.parametrize("truth, seed, n_train, n_score", CASES)
+def test_nonlinear_population_is_served_by_trees_at_least_as_well_as_the_reference(truth, seed, n_train, n_score):
+    r = _nonlinear(seed, truth, n_train, n_score)
+    t = TRUTHS[truth]
     scoring = r["pop"].cohort("score")
-    truth = np.array([c.p_true for c in scoring])
+    truth_p = np.array([c.p_true for c in scoring])
     feats = [population.features_now(c, NOW) for c in scoring]
     served, logistic = r["served"], r["logistic"]
     started = time.perf_counter()
     p_served = np.array([served.likelihood(f) for f in feats])
     served_us = (time.perf_counter() - started) / len(feats) * 1e6
     p_logistic = np.array([logistic.likelihood(f) for f in feats])
-    p_ref = r["reference"].predict_proba([visible(c) for c in scoring])[:, 1]
-    s_rho, s_mae = _fit(p_served, truth)
-    l_rho, l_mae = _fit(p_logistic, truth)
-    r_rho, r_mae = _fit(p_ref, truth)
+    p_ref = r["reference"].predict_proba([visible(c, t, NOW) for c in scoring])[:, 1]
+    s_rho, s_mae = _fit(p_served, truth_p)
+    l_rho, l_mae = _fit(p_logistic, truth_p)
+    r_rho, r_mae = _fit(p_ref, truth_p)
     q = served.quality
     print(
-        f"\nnon-linear: served {served.kind} spearman {s_rho:.4f} MAE {s_mae:.4f} | HGB reference {r_rho:.4f} / {r_mae:.4f} | "
+        f"\n{truth} seed {seed}, {n_train} customers: served {served.kind} spearman {s_rho:.4f} MAE {s_mae:.4f} | HGB reference {r_rho:.4f} / {r_mae:.4f} | "
         f"logistic {l_rho:.4f} / {l_mae:.4f}; holdout log-loss {q['candidates']}; train {r['train_s']:.1f}s; "
         f"likelihood() {served_us:.1f} us"
     )
