@@ -40,6 +40,8 @@ from typing import Any, Callable, Protocol, Sequence
 import orjson
 from aiohttp import web
 
+from schemas import model
+
 from . import errors, logsafe
 
 PER_WORKSPACE = 200  # entries kept per workspace
@@ -311,26 +313,16 @@ _MODEL = (
 )
 
 
-def _iso(ms: int) -> str:
-    import datetime as dt
-
-    return dt.datetime.fromtimestamp(ms / 1000, dt.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
-
-
 def _quality(row: dict[str, Any]) -> dict[str, Any]:
     """The stored holdout report; for a model without one (base_rate, FORMAT 1) the reduced
-    report ``propensity.Model.report`` makes from the row's columns (the gateway does not
-    load the stream processors: tests/integration/test_models_endpoint.py keeps the two equal)."""
+    report from the row's columns (``model.reduced_report``, as ``propensity.Model.report``)."""
     try:
         quality = orjson.loads(row["quality"]) if row["quality"] else None
     except orjson.JSONDecodeError:
         quality = None  # a damaged report is no reason to fail the page: what the columns say
     if isinstance(quality, dict):
         return quality
-    return {
-        "kind": row["kind"], "trained_at": _iso(int(row["trained_at_ms"])), "n_customers": int(row["n_customers"]),
-        "n_positive": int(row["n_positive"]), "auc": row["auc"], "log_loss": None, "calibration": [], "lift_top_decile": None,
-    }
+    return model.reduced_report(row["kind"], int(row["trained_at_ms"]), int(row["n_customers"]), int(row["n_positive"]), row["auc"])
 
 
 async def serving_model(services: Any, workspace: str, goal: str) -> dict[str, Any] | None:
@@ -351,7 +343,7 @@ async def goal_figures(services: Any, workspace: str, goal: str) -> dict[str, An
     conversion = await services.read(_CONVERSION, p)
     histogram = {int(r["bin"]): int(r["n"]) for r in await services.read(_HISTOGRAM, p)}
     calibration = await services.read(_CALIBRATION, p)
-    model = await serving_model(services, workspace, goal)
+    serving = await serving_model(services, workspace, goal)
     return {
         "workspace": workspace, "goal": goal,
         "conversion": [{"day": r["day"], "entered": r["entered"], "reached": r["reached"],
@@ -359,7 +351,7 @@ async def goal_figures(services: Any, workspace: str, goal: str) -> dict[str, An
         "histogram": {"bins": HISTOGRAM_BINS, "counts": [histogram.get(i, 0) for i in range(HISTOGRAM_BINS)]},
         "calibration": [{"decile": int(r["decile"]), "predicted": float(r["predicted"]), "observed": float(r["observed"]),
                          "n": int(r["n"])} for r in calibration],
-        "model": model,
+        "model": serving,
     }
 
 

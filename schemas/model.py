@@ -54,6 +54,21 @@ def from_ms(ms: float) -> datetime:
     return datetime.fromtimestamp(ms / 1000, tz=timezone.utc)
 
 
+def iso_s(ms: float) -> str:
+    """Milliseconds since the epoch as ISO 8601 UTC to the second ("2026-12-03T14:19:57Z")."""
+    return from_ms(ms).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def reduced_report(kind: str, trained_at_ms: int, n_customers: int, n_positive: int, auc: float | None) -> dict[str, Any]:
+    """The quality report of a propensity model that kept no holdout report (base_rate, or
+    stored before reports were kept): what is known from its columns. One function for the
+    scorer (``propensity.Model.report``) and the gateway (``GET /admin/v1/models``)."""
+    return {
+        "kind": kind, "trained_at": iso_s(trained_at_ms), "n_customers": n_customers, "n_positive": n_positive,
+        "auc": auc, "log_loss": None, "calibration": [], "lift_top_decile": None,
+    }
+
+
 def to_ms(value: datetime | int | float) -> int:
     """A DateTime64 read back (a datetime) or a millisecond number, as milliseconds."""
     return int(value.timestamp() * 1000) if isinstance(value, datetime) else int(value)

@@ -63,6 +63,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from schemas.model import iso_s, reduced_report
 from schemas.model import now_ms as wall_ms
 
 DAY_MS = 86_400_000
@@ -161,6 +162,12 @@ def _level(value: Any) -> str:
     return OTHER if value is None else str(value)
 
 
+def _index(levels: tuple[str, ...], value: Any) -> int:
+    """A value's one-hot column among ``levels`` (not one of them: OTHER, the last)."""
+    value = _level(value)
+    return levels.index(value) if value in levels else len(levels) - 1
+
+
 @dataclass(frozen=True)
 class Design:
     """How a customer's features become a row of numbers, and which feature each column explains."""
@@ -186,11 +193,7 @@ class Design:
     def row(self, counts: Mapping[str, int], days: float, attributes: Mapping[str, Any]) -> list[float]:
         out = [float(min(counts.get(e, 0), cap)) for e, cap in zip(self.events, self.caps)]
         out += self.days_columns(days)
-        for attr, levels in self.levels.items():
-            value = _level(attributes.get(attr))
-            value = value if value in levels else OTHER
-            out += [1.0 if lv == value else 0.0 for lv in levels]
-        return out
+        return out + self.one_hot(attributes)
 
     def tree_columns(self) -> list[tuple[str, str]]:
         """(feature, column) pairs of a gbt row: raw counts, days since entry, one-hot levels."""
@@ -204,11 +207,7 @@ class Design:
         # Trees do not extrapolate: counts are not clipped.
         out = [float(counts.get(e, 0)) for e in self.events]
         out.append(min(max(float(days), 0.0), self.window_days))
-        for attr, levels in self.levels.items():
-            value = _level(attributes.get(attr))
-            value = value if value in levels else OTHER
-            out += [1.0 if lv == value else 0.0 for lv in levels]
-        return out
+        return out + self.one_hot(attributes)
 
     def matrix(self, snaps: Snapshots, rows: Any = slice(None), trees: bool = False) -> Any:
         """``row`` (or with ``trees``, ``tree_row``) of the snapshots ``rows`` selects,
@@ -235,11 +234,17 @@ class Design:
         return X
 
     def level_index(self, attributes: Mapping[str, Any]) -> list[int]:
-        """Per categorical attribute (``levels`` order), the index of the customer's level."""
-        out = []
+        """Per categorical attribute (``levels`` order), the index of the customer's level
+        (a level without a column of its own: OTHER, the last)."""
+        return [_index(levels, attributes.get(attr)) for attr, levels in self.levels.items()]
+
+    def one_hot(self, attributes: Mapping[str, Any]) -> list[float]:
+        """The attributes' one-hot columns (of ``row`` and ``tree_row``)."""
+        out: list[float] = []
         for attr, levels in self.levels.items():
-            value = _level(attributes.get(attr))
-            out.append(levels.index(value) if value in levels else len(levels) - 1)
+            cols = [0.0] * len(levels)
+            cols[_index(levels, attributes.get(attr))] = 1.0
+            out += cols
         return out
 
     def days_columns(self, days: float) -> list[float]:
@@ -418,16 +423,7 @@ class Model:
         what is known: kind, training size and date, holdout AUC."""
         if self.quality is not None:
             return self.quality
-        return {
-            "kind": self.kind,
-            "trained_at": _iso(self.trained_at_ms),
-            "n_customers": self.n_customers,
-            "n_positive": self.n_positive,
-            "auc": self.auc,
-            "log_loss": None,
-            "calibration": [],
-            "lift_top_decile": None,
-        }
+        return reduced_report(self.kind, self.trained_at_ms, self.n_customers, self.n_positive, self.auc)
 
     # -- persistence -------------------------------------------------------------------
 
@@ -487,12 +483,6 @@ class Model:
             trees=list(d.get("trees", [])),
             quality=d.get("quality"),
         )
-
-
-def _iso(ms: int) -> str:
-    import datetime as dt
-
-    return dt.datetime.fromtimestamp(ms / 1000, dt.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 # -- training ------------------------------------------------------------------------
@@ -619,7 +609,7 @@ def _quality(kind: str, y: Any, p: Any, trained_ms: int, n: int, n_pos: int, n_h
     rate = float(y.mean()) if len(y) else 0.0
     return {
         "kind": kind,
-        "trained_at": _iso(trained_ms),
+        "trained_at": iso_s(trained_ms),
         "n_customers": n,
         "n_positive": n_pos,
         "n_holdout_customers": n_hold,
@@ -869,16 +859,15 @@ def _fit(
 ) -> Model:
     import time
 
+    import numpy as np  # (sklearn and numpy only train; scoring never imports them)
+
     n = len(snaps.customer_label)
-    n_pos = int(sum(int(v) for v in snaps.customer_label))  # (a uint8 array's own sum wraps at 256)
+    n_pos = int(np.count_nonzero(snaps.customer_label))  # (a uint8 array's own sum wraps at 256)
     if n < min_customers or min(n_pos, n - n_pos) < min_per_class or not len(snaps.days):
         return base_rate_model(workspace, goal, n_pos, n, now_ms)
     kinds = tuple(k for k in KINDS if k in kinds)
     if not kinds:
         raise ValueError(f"kinds must name at least one of {KINDS}")
-
-    # sklearn and numpy only train; scoring never imports them.
-    import numpy as np
 
     started = time.perf_counter()
     trained = _now_ms(now_ms)
@@ -899,8 +888,9 @@ def _fit(
         if timings is not None:
             timings[f"fit_{kind}_s"] = time.perf_counter() - t
 
-    y_hold, cust_hold = f.y[f.n_train :], f.customer[f.n_train :]
-    n_hold = len(set(cust_hold.tolist()))
+    y_hold = f.y[f.n_train :]
+    held_out, cust_hold = np.unique(f.customer[f.n_train :], return_inverse=True)  # customer -> 0..n_hold-1
+    n_hold = len(held_out)
     reports = {k: _quality(k, y_hold, fit["p_hold"], trained, n, n_pos, n_hold) for k, fit in fits.items()}
     kind = kinds[0]
     choice: dict[str, Any] = {"rule": f"gbt if its holdout log-loss is lower by more than {CHOICE_SE:g} standard errors"
@@ -908,7 +898,7 @@ def _fit(
     if len(fits) == 2 and len(y_hold):
         # Paired over holdout customers (a customer's snapshots are not independent).
         diff = _log_loss_rows(y_hold, fits["logistic"]["p_hold"]) - _log_loss_rows(y_hold, fits["gbt"]["p_hold"])
-        per_customer = np.bincount(np.unique(cust_hold, return_inverse=True)[1], weights=diff)
+        per_customer = np.bincount(cust_hold, weights=diff)
         gain = float(diff.mean())
         se = float(per_customer.std(ddof=1) * math.sqrt(len(per_customer)) / len(diff)) if len(per_customer) > 1 else math.inf
         kind = "gbt" if gain > CHOICE_SE * se else "logistic"
