@@ -44,6 +44,11 @@ def visible(c: population.Customer, truth: population.Truth, now_ms: int) -> lis
     return [float(counts.get(e.name, 0)) for e in truth.events] + [float(c.plan == truth.plan)]
 
 
+def against_truth(p, p_true) -> tuple[float, float]:
+    """(Spearman, mean absolute error) of likelihoods ``p`` against the true probabilities."""
+    return float(spearmanr(p, p_true).statistic), float(np.mean(np.abs(np.asarray(p) - np.asarray(p_true))))
+
+
 def hgb_reference(pop: population.Population, seed: int) -> HistGradientBoostingClassifier:
     """A plain HistGradientBoostingClassifier (defaults) fitted on one row per training
     customer: visible counts -> reached the target inside the window."""
@@ -83,7 +88,7 @@ def run(name: str, truth: population.Truth, n_train: int, n_score: int, seed: in
         ("HGB reference", reference.predict_proba([visible(c, truth, NOW) for c in scoring])[:, 1]),
         ("logistic only", np.array([logistic.likelihood(f) for f in feats])),
     ):
-        rows.append((name, seed, label, float(spearmanr(p, p_true).statistic), float(np.mean(np.abs(p - p_true)))))
+        rows.append((name, seed, label, *against_truth(p, p_true)))
     q = served.quality
     info = {
         "train_s": train_s,

@@ -18,10 +18,9 @@ import time
 import aiohttp
 import numpy as np
 import pytest
-from scipy.stats import spearmanr
 
 from stream_processors.scoring import propensity
-from tests.bench.model_quality import hgb_reference, visible
+from tests.bench.model_quality import against_truth, hgb_reference, visible
 from tests.conftest import GOALSTREAM, StackProcess, globex_config, wait_for
 from tests.integration.test_goals import TOKEN, read_topic, served
 from tests.sim import population as sim
@@ -79,10 +78,6 @@ def trained(goal_stack, population):
     return out.stdout.strip().splitlines()[0]
 
 
-def _fit(p: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
-    return float(spearmanr(p, truth).statistic), float(np.mean(np.abs(p - truth)))
-
-
 def test_train_chooses_trees_by_holdout_log_loss(trained):
     assert f"acme/{GOAL}: gbt model" in trained and f"training size {N_TRAIN} customers" in trained
     # "holdout log-loss 0.4321 (vs logistic 0.4567)": the trees won on the holdout.
@@ -108,7 +103,8 @@ def test_served_matches_the_reference_and_beats_logistic(goal_stack, population,
     logistic = propensity.train("acme", GOAL, TRUTH.window_days, list(TRUTH.actions), labelled, seed=SEED, now_ms=now, kinds=("logistic",))
     p_log = np.array([logistic.likelihood(sim.features_now(c, now, window_days=TRUTH.window_days, target=TRUTH.target)) for c in scoring])
 
-    rows = {"served (gbt, API)": _fit(p_served, p_true), "HGB reference": _fit(p_ref, p_true), "logistic only": _fit(p_log, p_true)}
+    rows = {label: against_truth(p, p_true) for label, p in (
+        ("served (gbt, API)", p_served), ("HGB reference", p_ref), ("logistic only", p_log))}
     print(f"\n{len(scoring)} scoring customers, seed {SEED}: served vs truth")
     for label, (rho, mae) in rows.items():
         print(f"  {label:<18} Spearman {rho:.4f}  MAE {mae:.4f}")

@@ -12,12 +12,11 @@ import time
 
 import numpy as np
 import pytest
-from scipy.stats import spearmanr
 from sklearn.ensemble import HistGradientBoostingClassifier
 
 from stream_processors.scoring import processor
 from stream_processors.scoring import propensity as pr
-from tests.bench.model_quality import hgb_reference, visible
+from tests.bench.model_quality import against_truth, hgb_reference, visible
 from tests.sim import population
 
 NOW = 1_750_000_000_000
@@ -41,10 +40,6 @@ def _trained(seed: int, truth: str, n_train: int, n_score: int) -> dict:
     logistic = pr.train("acme", t.goal, 30, list(t.actions), labelled, seed=seed, now_ms=NOW, kinds=("logistic",))
     reference = hgb_reference(pop, seed)  # the same reference as tests/bench/model_quality.py
     return {"pop": pop, "served": served, "logistic": logistic, "reference": reference, "train_s": train_s}
-
-
-def _fit(p: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
-    return float(spearmanr(p, truth).statistic), float(np.mean(np.abs(p - truth)))
 
 
 # (truth, seed, training customers, scored): NONLINEAR_2 at NONLINEAR's size, and at the
@@ -71,9 +66,9 @@ def test_nonlinear_population_is_served_by_trees_at_least_as_well_as_the_referen
     served_us = (time.perf_counter() - started) / len(feats) * 1e6
     p_logistic = np.array([logistic.likelihood(f) for f in feats])
     p_ref = r["reference"].predict_proba([visible(c, t, NOW) for c in scoring])[:, 1]
-    s_rho, s_mae = _fit(p_served, truth_p)
-    l_rho, l_mae = _fit(p_logistic, truth_p)
-    r_rho, r_mae = _fit(p_ref, truth_p)
+    s_rho, s_mae = against_truth(p_served, truth_p)
+    l_rho, l_mae = against_truth(p_logistic, truth_p)
+    r_rho, r_mae = against_truth(p_ref, truth_p)
     q = served.quality
     print(
         f"\n{truth} seed {seed}, {n_train} customers: served {served.kind} spearman {s_rho:.4f} MAE {s_mae:.4f} | HGB reference {r_rho:.4f} / {r_mae:.4f} | "
@@ -95,7 +90,7 @@ def test_linear_population_keeps_the_logistic_model():
     assert q["candidates"]["logistic"]["log_loss"] == q["log_loss"]
     scoring = pop.cohort("score")
     p = np.array([model.likelihood(population.features_now(c, NOW)) for c in scoring])
-    rho, mae = _fit(p, np.array([c.p_true for c in scoring]))
+    rho, mae = against_truth(p, np.array([c.p_true for c in scoring]))
     assert rho >= 0.95 and mae <= 0.06
 
 
