@@ -506,27 +506,25 @@ function plot(kind,title){const s=svg('svg',{width:W,height:H,class:'plot','data
 function bars(kind,title,values,xl,yl,color){const s=plot(kind,title);axes(s,xl,yl);const m=Math.max(1,...values),n=values.length||1,bw=(W-P-12)/n;
  values.forEach((v,i)=>{const h=(H-2*P)*v/m;s.append(svg('rect',{x:P+2+i*bw,y:H-P-h,width:Math.max(1,bw-2),height:h,fill:color,'data-value':v}))});
  const mx=svg('text',{x:P-3,y:P,'text-anchor':'end','font-size':10});mx.textContent=String(m);s.append(mx);return s}
-function calibration(c){const s=plot('calibration','Calibration: observed vs predicted');axes(s,'predicted','observed');
+// Observed vs predicted points joined by a line, over the dashed diagonal; ``pts``: {x, y, r,
+// attrs} per point (attrs: the circle's own, e.g. its data-*); ``empty``: the text without any.
+function curve(kind,title,xl,yl,pts,color,empty){const s=plot(kind,title);axes(s,xl,yl);
  const X=v=>P+v*(W-P-12),Y=v=>H-P-v*(H-2*P);
  s.append(svg('line',{x1:X(0),y1:Y(0),x2:X(1),y2:Y(1),stroke:'#bbb','stroke-dasharray':'4 3'}));
- if(c.length)s.append(svg('polyline',{points:c.map(d=>X(d.predicted)+','+Y(d.observed)).join(' '),fill:'none',stroke:'#d9822b','stroke-width':2}));
- for(const d of c)s.append(svg('circle',{cx:X(d.predicted),cy:Y(d.observed),r:3+Math.min(5,Math.log10(1+d.n)*2),fill:'#d9822b','data-n':d.n}));
- if(!c.length){const t=svg('text',{x:W/2,y:H/2,'text-anchor':'middle',fill:'#889'});t.textContent='no customer with a known outcome yet';s.append(t)}
+ if(pts.length)s.append(svg('polyline',{points:pts.map(d=>X(d.x)+','+Y(d.y)).join(' '),fill:'none',stroke:color,'stroke-width':2}));
+ for(const d of pts)s.append(svg('circle',{cx:X(d.x),cy:Y(d.y),r:d.r,fill:color,...d.attrs}));
+ if(!pts.length){const t=svg('text',{x:W/2,y:H/2,'text-anchor':'middle',fill:'#889'});t.textContent=empty;s.append(t)}
  return s}
+function calibration(c){return curve('calibration','Calibration: observed vs predicted','predicted','observed',
+ c.map(d=>({x:d.predicted,y:d.observed,r:3+Math.min(5,Math.log10(1+d.n)*2),attrs:{'data-n':d.n}})),'#d9822b','no customer with a known outcome yet')}
 function num(v,d){return v==null?'n/a':(+v).toFixed(d)}
 // The serving model's holdout report (made at training): its 10 calibration bins, mean
 // predicted vs observed rate, each point sized by its holdout snapshots.
 function quality(m){const q=m&&m.quality,c=q&&q.calibration?q.calibration.filter(b=>b.count&&b.mean_predicted!=null):[];
- const s=plot('quality','Model quality: holdout calibration (10 bins)');axes(s,'mean predicted (holdout)','observed rate');
- const X=v=>P+v*(W-P-12),Y=v=>H-P-v*(H-2*P);
- s.append(svg('line',{x1:X(0),y1:Y(0),x2:X(1),y2:Y(1),stroke:'#bbb','stroke-dasharray':'4 3'}));
- if(c.length)s.append(svg('polyline',{points:c.map(b=>X(b.mean_predicted)+','+Y(b.observed_rate)).join(' '),fill:'none',stroke:'#7a4fd0','stroke-width':2}));
- for(const b of c)s.append(svg('circle',{cx:X(b.mean_predicted),cy:Y(b.observed_rate),r:3+Math.min(5,Math.log10(1+b.count)*1.5),
-  fill:'#7a4fd0','fill-opacity':0.8,'data-count':b.count,'data-bin':(b.bin||[]).join('-')}));
- if(!c.length){const t=svg('text',{x:W/2,y:H/2,'text-anchor':'middle',fill:'#889'});
-  t.textContent=!m?'no model trained yet':'no holdout report: '+m.kind+' model ('+(m.kind==='base_rate'?'too few customers of each outcome':'trained before reports were kept')+')';
-  s.append(t)}
- return s}
+ return curve('quality','Model quality: holdout calibration (10 bins)','mean predicted (holdout)','observed rate',
+  c.map(b=>({x:b.mean_predicted,y:b.observed_rate,r:3+Math.min(5,Math.log10(1+b.count)*1.5),
+             attrs:{'fill-opacity':0.8,'data-count':b.count,'data-bin':(b.bin||[]).join('-')}})),'#7a4fd0',
+  !m?'no model trained yet':'no holdout report: '+m.kind+' model ('+(m.kind==='base_rate'?'too few customers of each outcome':'trained before reports were kept')+')')}
 function qualityLine(m){const q=m&&m.quality;if(!q)return 'model quality: no model trained yet';
  let t='model quality: '+q.kind+' · holdout AUC '+num(q.auc,3)+' · log-loss '+num(q.log_loss,4)+' · lift at top decile '+num(q.lift_top_decile,2)+
   ' · trained on '+q.n_customers+' customers ('+q.n_positive+' reached'+(q.n_holdout_customers!=null?', '+q.n_holdout_customers+' holdout customers':'')+') on '+q.trained_at;
